@@ -1,0 +1,1 @@
+"""Sources, teacher-output parsers, SeqIO tasks and the input pipeline."""

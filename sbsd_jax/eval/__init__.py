@@ -1,0 +1,1 @@
+"""Decoding-based evaluation and metrics."""

@@ -1,0 +1,1 @@
+"""Rationale extraction: few-shot chain-of-thought prompting of a teacher LLM."""

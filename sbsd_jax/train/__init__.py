@@ -1,0 +1,1 @@
+"""Mesh, partitioning, the multi-task train step, checkpoints and the train loop."""
