@@ -1,0 +1,60 @@
+"""Reader for the paper authors' `datasets/` folder layout:
+
+{data_dir}/{name}/{name}_{split}.json      JSON lines, one example a line (split: train, test,
+                                           and valid for e-SNLI/ANLI)
+{data_dir}/{name}/llm/{split}_CoT_{i}.json JSON lists of raw teacher completions, concatenated
+                                           in i order, paired with the examples by position
+"""
+
+from __future__ import annotations
+
+import os
+
+from sbsd_jax.data.examples import SPLITS, DataFormatError
+from sbsd_jax.data.records import RawExample, Where, convert_record, read_jsonl_rows
+from sbsd_jax.data.teacher_outputs import SourceData, load_teacher_outputs
+
+
+def split_path(data_dir: str, dataset: str, split: str) -> str:
+    return os.path.join(data_dir, dataset, f"{dataset}_{split}.json")
+
+
+def read_split_file(dataset: str, path: str, split: str) -> list[RawExample]:
+    """All examples of one JSON-lines split file; DataFormatError names file, line and field."""
+    examples = []
+    for index, (line_number, row) in enumerate(read_jsonl_rows(path)):
+        examples.append(
+            convert_record(
+                dataset,
+                row,
+                default_id=f"{dataset}-{split}-{index}",
+                where=Where(path, line_number),
+            )
+        )
+    return examples
+
+
+def load_paper_layout(
+    dataset: str, data_dir: str, *, load_teacher: bool = True, rationale_dir: str | None = None
+) -> SourceData:
+    """Examples of every split present (train and test required) plus the teacher outputs
+    found in `rationale_dir` (default {data_dir}/{dataset}/llm)."""
+    folder = os.path.join(data_dir, dataset)
+    if not os.path.isdir(folder):
+        raise DataFormatError(f"no folder for dataset {dataset!r}", path=folder)
+    data = SourceData(splits={})
+    for split in SPLITS:
+        path = split_path(data_dir, dataset, split)
+        if not os.path.isfile(path):
+            if split != "valid":
+                raise DataFormatError(f"missing {split} split file", path=path)
+            continue
+        data.splits[split] = read_split_file(dataset, path, split)
+        data.origin[split] = path
+    if load_teacher:
+        llm_dir = rationale_dir or os.path.join(folder, "llm")
+        for split, examples in data.splits.items():
+            outputs = load_teacher_outputs(dataset, llm_dir, split, examples)
+            if outputs is not None:
+                data.teacher[split] = outputs
+    return data
