@@ -1,0 +1,142 @@
+"""What a model batch holds and how each task turns an `Example` into (inputs, targets) text.
+
+One definition of every task's prefix and target, shared by the SeqIO tasks (which run it on
+`tf.string` tensors) and by anyone who wants to see a task's text in plain Python: the target
+builders only use `+`, which means string concatenation for both `str` and `tf.string`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sbsd_jax.data.teacher_parsing import ANSWER_CUES
+
+# Task identity carried per target token (`decoder_task_ids`), so the train step can average
+# each task's token loss separately and mix them with alpha as the reference does.
+TASK_LABEL = 0  # predict / standard / cot: the target ends in the label
+TASK_RATIONALE = 1  # explain: the target is the rationale
+
+ENCODER_KEYS: tuple[str, ...] = (
+    "encoder_input_tokens",
+    "encoder_segment_ids",
+    "encoder_positions",
+)
+DECODER_KEYS: tuple[str, ...] = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "decoder_loss_weights",
+    "decoder_task_ids",
+)
+# Exactly the keys of every batch the pipeline yields (all int32 but decoder_loss_weights).
+BATCH_KEYS: tuple[str, ...] = ENCODER_KEYS + DECODER_KEYS
+FLOAT_BATCH_KEYS: frozenset[str] = frozenset({"decoder_loss_weights"})
+
+PAD_ID = 0
+DECODER_START_ID = 0
+
+# Fields a target builder may read; `answer_cue` is passed separately (it depends on the dataset).
+TextFields = Mapping[str, Any]
+TargetBuilder = Callable[[TextFields, str], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """One way of turning an example into a seq2seq pair.
+
+    name: the task name suffix (`<dataset>_<name>`).
+    prefix: prepended to the example's input ('' for standard and cot).
+    target: (fields, answer_cue) -> target text; fields has 'input', 'label', 'rationale'.
+    task_id: TASK_LABEL or TASK_RATIONALE, the per-token task identity.
+    needs_rationale: examples without a rationale have no target for this task and are skipped
+      (never turned into a blank target).
+    """
+
+    name: str
+    prefix: str
+    target: TargetBuilder
+    task_id: int
+    needs_rationale: bool
+
+    def inputs(self, fields: TextFields) -> Any:
+        """The model input text: prefix + the example's (already formatted) input."""
+        return self.prefix + fields["input"] if self.prefix else fields["input"]
+
+
+def _label_target(fields: TextFields, answer_cue: str) -> Any:
+    del answer_cue
+    return fields["label"]
+
+
+def _rationale_target(fields: TextFields, answer_cue: str) -> Any:
+    del answer_cue
+    return fields["rationale"]
+
+
+def _cot_target(fields: TextFields, answer_cue: str) -> Any:
+    """The teacher's own shape, '<rationale> <cue> <label>' (as format_cot_target)."""
+    return fields["rationale"] + (" " + answer_cue + " ") + fields["label"]
+
+
+PREDICT = TaskKind("predict", "predict: ", _label_target, TASK_LABEL, needs_rationale=False)
+EXPLAIN = TaskKind("explain", "explain: ", _rationale_target, TASK_RATIONALE, needs_rationale=True)
+STANDARD = TaskKind("standard", "", _label_target, TASK_LABEL, needs_rationale=False)
+COT = TaskKind("cot", "", _cot_target, TASK_LABEL, needs_rationale=True)
+
+TASK_KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (PREDICT, EXPLAIN, STANDARD, COT)}
+
+# Training methods -> the tasks each training example contributes, in row order.
+METHOD_TASKS: dict[str, tuple[str, ...]] = {
+    "standard": ("standard",),
+    "step_by_step": ("predict", "explain"),
+    "cot": ("cot",),
+}
+# The task whose inputs a method's model is evaluated on (decode, compare with the raw label).
+# cot is evaluated on plain inputs, like standard: its inputs have no prefix, and eval inputs
+# must not depend on a rationale being present.
+METHOD_EVAL_TASK: dict[str, str] = {
+    "standard": "standard",
+    "step_by_step": "predict",
+    "cot": "standard",
+}
+
+
+def check_method(method: str) -> str:
+    if method not in METHOD_TASKS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHOD_TASKS)}")
+    return method
+
+
+def tasks_per_example(method: str) -> int:
+    """Rows each example contributes to an unpacked batch (2 for step_by_step)."""
+    return len(METHOD_TASKS[check_method(method)])
+
+
+def answer_cue(dataset: str) -> str:
+    """The cue the cot target puts between rationale and label (the teacher prompts' own)."""
+    if dataset not in ANSWER_CUES:
+        raise ValueError(
+            f"no answer cue for dataset {dataset!r}; known: {', '.join(sorted(ANSWER_CUES))}"
+        )
+    return ANSWER_CUES[dataset]
+
+
+def task_name(dataset: str, kind: str, suffix: str = "") -> str:
+    """`<dataset>_<kind>`, plus `_<suffix>` when registered under a namespace suffix."""
+    return f"{dataset}_{kind}_{suffix}" if suffix else f"{dataset}_{kind}"
+
+
+def mixture_name(dataset: str, suffix: str = "") -> str:
+    """`<dataset>_step_by_step`: predict + explain."""
+    return task_name(dataset, "step_by_step", suffix)
+
+
+def example_text(kind: str, dataset: str, fields: TextFields) -> tuple[str, str]:
+    """(inputs, targets) text of one example for a task, in plain Python (docs, tests, demo)."""
+    task = TASK_KINDS[kind]
+    if task.needs_rationale and not fields.get("rationale"):
+        raise ValueError(f"task {kind!r} needs a rationale, example has none")
+    return task.inputs(fields), task.target(fields, answer_cue(dataset))
