@@ -1,0 +1,171 @@
+"""Decoding-based evaluation of a student on a split: batched greedy decoding, accuracy, JSONL.
+
+The label task is decoded for every example (standard: the bare input; step_by_step: the
+'predict:' input; cot: the rationale-then-label output, whose label follows the answer cue).
+Optionally the explain task is decoded too, for inspection only. Batches always have the same
+shape: `batch_size` rows (missing rows are all-pad and dropped afterwards) and one input length
+per split (the longest input, rounded up to a multiple of 64 and capped), so the jitted decoder
+compiles once per split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from sbsd_jax.data.examples import Example
+from sbsd_jax.eval.metrics import AccuracyReport, extract_label, is_correct, score
+from sbsd_jax.eval.predictions import PredictionRecord
+
+EOS_ID = 1
+PAD_ID = 0
+LENGTH_QUANTUM = 64
+
+# Decodes a padded int32 [batch, input_length] array of encoder tokens into int32
+# [batch, max_decode_length] output tokens (0 after EOS). The caller binds the model.
+GenerateFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """dataset/method pick the label extraction and metric; the rest fix the decoding shapes."""
+
+    dataset: str
+    method: str
+    batch_size: int
+    max_input_length: int
+    max_decode_length: int
+    decode_rationales: bool = False
+    max_examples: int = 0  # 0 = all
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.batch_size}")
+        if self.max_decode_length < 1:
+            raise ValueError(f"eval_max_decode_length must be >= 1, got {self.max_decode_length}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextCodec:
+    """How examples become encoder tokens and output tokens become text.
+
+    encode: text -> token ids without EOS (e.g. a SeqIO vocabulary's encode).
+    decode: token ids (EOS and pad already removed) -> text.
+    label_input: the label task's input text for an example (e.g. 'predict: ' + input).
+    rationale_input: the explain task's input text, None for methods without one.
+    """
+
+    encode: Callable[[str], Sequence[int]]
+    decode: Callable[[Sequence[int]], str]
+    label_input: Callable[[Example], str]
+    rationale_input: Callable[[Example], str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    split: str
+    step: int
+    report: AccuracyReport
+    records: list[PredictionRecord]
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        return self.report.as_dict(self.split)
+
+
+def padded_length(lengths: Sequence[int], max_length: int) -> int:
+    """The split's fixed input length: longest input rounded up to LENGTH_QUANTUM, capped."""
+    longest = max(lengths, default=1)
+    rounded = -(-longest // LENGTH_QUANTUM) * LENGTH_QUANTUM
+    return max(1, min(rounded, max_length))
+
+
+def encode_inputs(
+    texts: Sequence[str], encode: Callable[[str], Sequence[int]], max_length: int
+) -> list[list[int]]:
+    """Token ids + EOS, truncated to max_length (keeping the final EOS, as SeqIO's trimming)."""
+    encoded = []
+    for text in texts:
+        ids = [int(i) for i in encode(text)][: max_length - 1]
+        encoded.append(ids + [EOS_ID])
+    return encoded
+
+
+def batches(
+    token_rows: Sequence[Sequence[int]], batch_size: int, length: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(int32 [batch_size, length] array, number of real rows); pad rows are all zeros."""
+    for start in range(0, len(token_rows), batch_size):
+        chunk = token_rows[start : start + batch_size]
+        array = np.zeros((batch_size, length), np.int32)
+        for row, ids in enumerate(chunk):
+            array[row, : len(ids)] = ids[:length]
+        yield array, len(chunk)
+
+
+def strip_output(ids: Sequence[int]) -> list[int]:
+    """Output ids up to (not including) the first EOS, without pad."""
+    kept = []
+    for token in ids:
+        token = int(token)
+        if token == EOS_ID:
+            break
+        if token != PAD_ID:
+            kept.append(token)
+    return kept
+
+
+def decode_texts(
+    texts: Sequence[str],
+    codec: TextCodec,
+    generate: GenerateFn,
+    settings: EvalSettings,
+) -> list[str]:
+    """Greedy outputs for `texts`, in order, in fixed-shape batches."""
+    rows = encode_inputs(texts, codec.encode, settings.max_input_length)
+    length = padded_length([len(r) for r in rows], settings.max_input_length)
+    outputs: list[str] = []
+    for tokens, real in batches(rows, settings.batch_size, length):
+        generated = np.asarray(generate(tokens))
+        outputs.extend(codec.decode(strip_output(generated[i])) for i in range(real))
+    return outputs
+
+
+def evaluate(
+    examples: Sequence[Example],
+    *,
+    split: str,
+    step: int,
+    settings: EvalSettings,
+    codec: TextCodec,
+    generate: GenerateFn,
+) -> EvalResult:
+    """Decodes and scores `examples`; returns the metrics and one record per example."""
+    started = time.perf_counter()
+    if settings.max_examples > 0:
+        examples = examples[: settings.max_examples]
+    decoded = decode_texts([codec.label_input(e) for e in examples], codec, generate, settings)
+    extracted = [extract_label(settings.method, settings.dataset, text) for text in decoded]
+    predictions = [label for label, _ in extracted]
+    rationales: list[str | None] = [rationale for _, rationale in extracted]
+    if settings.decode_rationales and codec.rationale_input is not None:
+        rationales = list(
+            decode_texts([codec.rationale_input(e) for e in examples], codec, generate, settings)
+        )
+    labels = [e.label for e in examples]
+    report = score(settings.dataset, predictions, labels)
+    records = [
+        PredictionRecord(
+            id=example.id,
+            input=example.input,
+            label=example.label,
+            prediction=prediction,
+            correct=is_correct(settings.dataset, prediction, example.label),
+            rationale=rationale,
+        )
+        for example, prediction, rationale in zip(examples, predictions, rationales, strict=True)
+    ]
+    return EvalResult(split, step, report, records, time.perf_counter() - started)

@@ -1,0 +1,82 @@
+r"""Train and evaluate a student: `python -m sbsd_jax.main --config=configs/<exp>.py --workdir=DIR`.
+
+Any config field can be overridden on the command line, e.g.
+  python -m sbsd_jax.main --config=configs/cqa.py --workdir=/tmp/cqa \
+      --config.alpha=0.3 --config.model=t5_v1_1_large --config.mesh.tensor=4
+Running the same command again resumes from the newest checkpoint in DIR. SIGTERM (a preempted
+VM) checkpoints the current step and exits with status 0. `--config.export_hf_dir=OUT` writes
+the best (or, with --config.export_which=final, the last) student as a Hugging Face T5 folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py); override fields with --config.X=..."
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard, predictions."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_CONFIG_ERROR = 2
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and friends log every checkpoint step at INFO; the console has the progress
+        # bar and evaluation summaries. `--verbosity=0` brings the INFO logs back.
+        logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    try:
+        config.get("method")  # a config file that failed to load raises here, not at parse time
+    except OSError as error:
+        print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
+    from sbsd_jax.train.loop import ConfigError, train_and_evaluate
+
+    try:
+        summary = train_and_evaluate(config, _WORKDIR.value)
+    except ConfigError as error:
+        print(f"sbsd_jax.main: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(summary.describe())
+    return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, but an override of a field the config lacks is named, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"FATAL Flags parsing error: {error}", file=sys.stderr)
+        print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError) as error:
+        # ml_collections raises AttributeError/KeyError("'name'") for --config.name=... when the
+        # config has no such field (configs are locked: no new fields from the command line).
+        missing = str(error).strip("\"'")
+        culprits = [arg for arg in argv[1:] if arg.startswith("--config.") and missing in arg]
+        where = culprits[0] if culprits else f"--config.{missing}"
+        print(
+            f"sbsd_jax.main: unknown config field {missing!r} in {where}; see configs/base.py "
+            "for the fields (new fields cannot be added from the command line)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

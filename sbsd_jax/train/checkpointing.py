@@ -1,0 +1,263 @@
+"""Orbax checkpoints of the train state and the input pipeline's position.
+
+One `CheckpointManager` under `<workdir>/checkpoints` holds every checkpoint. Each step directory
+has two items: `state` (the train-state pytree: parameters, optimizer state, step; saved with
+`StandardSave`, restored straight into the shardings of an abstract target) and `data` (the
+data iterator's JSON position). Which steps survive is one preservation policy: the last
+`keep_last` steps, plus the `keep_best` steps with the highest validation accuracy (saved with
+`metrics`). Saves are asynchronous: `save` returns once the arrays are copied off the devices.
+
+Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when every host has
+finished (on object stores it writes `commit_success.txt` instead), so a crash mid-save leaves a
+temporary directory that `latest_step` never returns. A committed step that cannot be read
+raises `CorruptCheckpointError` naming its directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+BEST_METRIC = "valid_accuracy"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class CorruptCheckpointError(ValueError):
+    """A committed checkpoint directory that cannot be restored; the message names it."""
+
+
+class _DropMissingMetricsWarning(logging.Filter):
+    """Periodic saves carry no validation metrics on purpose; Orbax warns about each one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropMissingMetricsWarning())
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPolicy:
+    """Which checkpoints to write and keep.
+
+    keep_last: the newest N steps are kept (resume points).
+    keep_best: the N steps with the highest `valid_accuracy` are kept as well (0: none).
+    async_save: write in a background thread while training continues.
+    """
+
+    keep_last: int = 2
+    keep_best: int = 1
+    async_save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.keep_last < 1:
+            raise ValueError(f"checkpoint keep_last must be >= 1, got {self.keep_last}")
+        if self.keep_best < 0:
+            raise ValueError(f"checkpoint keep_best must be >= 0, got {self.keep_best}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredCheckpoint:
+    """What a checkpoint gives back: the train state (in the target's shardings), the data
+    iterator position, the step it was written at and its metrics (None for periodic saves)."""
+
+    step: int
+    state: Any
+    data_state: dict[str, Any]
+    metrics: dict[str, float] | None
+
+
+def _best_metric(metrics: Mapping[str, Any]) -> float:
+    return float(metrics[BEST_METRIC])
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars/arrays inside the data state become plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs with the shardings of `state`: a restore target from a live state."""
+
+    def to_abstract(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree.map(to_abstract, state)
+
+
+class Checkpointer:
+    """Saves and restores (train state, data position) under `<directory>`.
+
+    Call from every host (Orbax synchronises them); `close()` waits for pending writes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], policy: CheckpointPolicy) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.policy = policy
+        policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=policy.keep_last)]
+        if policy.keep_best > 0:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=_best_metric,
+                    reverse=False,  # ascending; the last n (highest accuracy) are kept
+                    n=policy.keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            # best_fn makes Orbax store `metrics` with a step and rank steps by them; the
+            # preservation policy above decides deletion.
+            best_fn=_best_metric,
+            best_mode="max",
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=policy.async_save,
+            # Temporary directories of crashed saves are removed when the manager starts.
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=(STATE_ITEM, DATA_ITEM), options=options
+        )
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        """The newest committed step (temporary directories of crashed saves never count)."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The committed step with the highest validation accuracy, None if none has metrics."""
+        steps_with_metrics = [
+            step for step in self._manager.all_steps() if self.metrics(step) is not None
+        ]
+        if not steps_with_metrics:
+            return None
+        return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def metrics(self, step: int) -> dict[str, float] | None:
+        metrics = self._manager.metrics(step)
+        return dict(metrics) if metrics is not None else None
+
+    def step_directory(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    # -- save / restore ----------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_state: Mapping[str, Any],
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Starts writing `state` and `data_state` as `step`; False if that step already exists.
+
+        metrics: validation metrics with `valid_accuracy` (ranks the step for `keep_best`).
+        """
+        if step in self._manager.all_steps():
+            return False
+        if metrics is not None and BEST_METRIC not in metrics:
+            raise ValueError(f"checkpoint metrics need {BEST_METRIC!r}, got {sorted(metrics)}")
+        args = ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardSave(state),
+                DATA_ITEM: ocp.args.JsonSave(_jsonable(dict(data_state))),
+            }
+        )
+        return self._manager.save(
+            step,
+            args=args,
+            metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> RestoredCheckpoint:
+        """Reads `step` into the shapes, dtypes and shardings of `abstract_state`
+        (a pytree of jax.ShapeDtypeStruct with `.sharding`, e.g. from `jax.eval_shape`)."""
+        path = self.step_directory(step)
+        if step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no committed checkpoint for step {step} in {self.directory} "
+                f"(committed steps: {self.all_steps()})"
+            )
+        args = ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                DATA_ITEM: ocp.args.JsonRestore(),
+            }
+        )
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
+            raise CorruptCheckpointError(
+                f"checkpoint {path} could not be restored ({type(error).__name__}: {error}). "
+                "Delete that directory to resume from the previous checkpoint, or point "
+                "--workdir elsewhere to start afresh."
+            ) from error
+        data_state = restored[DATA_ITEM]
+        if not isinstance(data_state, dict):
+            raise CorruptCheckpointError(
+                f"checkpoint {path}: item {DATA_ITEM!r} is not a JSON object: {data_state!r}"
+            )
+        return RestoredCheckpoint(
+            step=step,
+            state=restored[STATE_ITEM],
+            data_state=data_state,
+            metrics=self.metrics(step),
+        )
+
+    def restore_latest(self, abstract_state: Any) -> RestoredCheckpoint | None:
+        """The newest committed checkpoint, or None when the directory holds none."""
+        step = self.latest_step()
+        return None if step is None else self.restore(step, abstract_state)
+
+    def wait_until_finished(self) -> None:
+        """Blocks until pending asynchronous writes are committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_state_arrays(step_directory: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of a checkpoint's train state as numpy, keyed by its path ('params/...').
+
+    For inspection and comparisons on one host (no target shardings needed).
+    """
+    path = os.path.join(os.path.abspath(os.fspath(step_directory)), STATE_ITEM)
+    with ocp.StandardCheckpointer() as reader:
+        tree = reader.restore(path)
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path): np.asarray(leaf)
+        for key_path, leaf in flat
+    }

@@ -1,0 +1,426 @@
+"""The train loop: build, resume, train, evaluate, checkpoint, export. One function to read.
+
+    train_and_evaluate(config, workdir)
+
+1. Validate the config, join the other processes (multi-host), build the mesh and the
+   compiled train program (sharded init + jitted step, from sbsd_jax.train.step).
+2. Load and tokenise the data; the training iterator is deterministic and resumable.
+3. Resume from the newest committed checkpoint in <workdir>/checkpoints (state restored straight
+   into its shardings, data iterator moved to the saved position), else start from
+   config.init_checkpoint (a Hugging Face T5) or from scratch.
+4. Train. Step metrics stay on the device and are fetched every `log_every` steps only.
+   Every `eval_every` steps: greedy-decode the eval splits, log accuracy, write predictions.
+   Every `checkpoint_every` steps (and after each validation): an asynchronous checkpoint.
+   SIGTERM: checkpoint this step and return (the process exits 0).
+5. At the end: evaluate every eval split (config.eval_splits, valid and test by default) on
+   all its examples, checkpoint, optionally export the best or
+   final student as a Hugging Face folder, and say where everything is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from sbsd_jax.data.examples import Example
+from sbsd_jax.eval.evaluator import EvalResult, EvalSettings, TextCodec, evaluate
+from sbsd_jax.eval.predictions import predictions_path, write_predictions
+from sbsd_jax.train import config_validation
+from sbsd_jax.train import mesh as mesh_lib
+from sbsd_jax.train.checkpointing import (
+    CHECKPOINT_SUBDIR,
+    Checkpointer,
+    CheckpointPolicy,
+)
+from sbsd_jax.train.config_validation import ConfigError
+from sbsd_jax.train.metric_writers import MetricsLogger, ProgressBar, eval_summary
+from sbsd_jax.train.preemption import PreemptionWatcher
+
+__all__ = ["ConfigError", "RunSummary", "train_and_evaluate"]
+
+VALID_SPLIT = "valid"
+# Metrics averaged over a log interval; the others are reported at the interval's last step.
+_LAST_VALUE_METRICS = frozenset({"learning_rate"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Where a run's files are."""
+
+    workdir: str
+    checkpoints: str
+    metrics: str
+    tensorboard: str
+    predictions: str
+    config: str
+
+    @classmethod
+    def of(cls, workdir: str) -> RunPaths:
+        workdir = os.path.abspath(workdir)
+        return cls(
+            workdir=workdir,
+            checkpoints=os.path.join(workdir, CHECKPOINT_SUBDIR),
+            metrics=os.path.join(workdir, "metrics.jsonl"),
+            tensorboard=os.path.join(workdir, "tensorboard"),
+            predictions=os.path.join(workdir, "predictions"),
+            config=os.path.join(workdir, "config.json"),
+        )
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a call to train_and_evaluate did (returned, and printed by main)."""
+
+    paths: RunPaths
+    start_step: int
+    final_step: int
+    num_train_steps: int
+    preempted: bool
+    train_seconds: float
+    eval_metrics: dict[str, float]  # of the last evaluation of each split
+    best_step: int | None
+    best_valid_accuracy: float | None
+    exported_to: str | None = None
+
+    def describe(self) -> str:
+        lines = []
+        if self.preempted:
+            lines.append(
+                f"Stopped by SIGTERM at step {self.final_step}/{self.num_train_steps}; "
+                "checkpoint saved, run the same command again to resume."
+            )
+        else:
+            lines.append(
+                f"Trained steps {self.start_step}..{self.final_step} "
+                f"in {self.train_seconds:.1f}s."
+            )
+        for name, value in sorted(self.eval_metrics.items()):
+            if name.endswith("accuracy"):
+                lines.append(f"  {name}: {value:.4f}")
+        if self.best_step is not None and self.best_valid_accuracy is not None:
+            lines.append(
+                f"  best checkpoint: step {self.best_step} "
+                f"(valid_accuracy {self.best_valid_accuracy:.4f})"
+            )
+        lines.append(f"Run files in {self.paths.workdir}:")
+        lines.append(f"  checkpoints: {self.paths.checkpoints}")
+        lines.append(f"  metrics:     {self.paths.metrics}")
+        lines.append(f"  tensorboard: {self.paths.tensorboard}")
+        lines.append(f"  predictions: {self.paths.predictions}")
+        if self.exported_to:
+            lines.append(f"  Hugging Face export: {self.exported_to}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces the loop is made of
+
+
+def _host_metrics(window: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
+    """Averages a log window of on-device step metrics on the host (the one fetch)."""
+    fetched = jax.device_get(list(window))
+    values: dict[str, float] = {}
+    for name in fetched[-1]:
+        series = np.asarray([float(m[name]) for m in fetched])
+        values[name] = float(series[-1] if name in _LAST_VALUE_METRICS else series.mean())
+    return values
+
+
+def _to_host(array: jax.Array) -> np.ndarray:
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def _make_generate(program: Any, params: Any, max_decode_length: int):
+    """Host function: padded numpy encoder tokens -> numpy output tokens, decoded on the mesh."""
+    from sbsd_jax.model import sharding as model_sharding
+    from sbsd_jax.model.decode import greedy_decode
+
+    def generate(tokens: np.ndarray) -> np.ndarray:
+        global_tokens = jax.make_array_from_callback(
+            tokens.shape, program.batch_sharding, lambda index: tokens[index]
+        )
+        with model_sharding.activation_rules(program.mesh, program.rules):
+            output = greedy_decode(
+                program.graphdef,
+                global_tokens,
+                state=params,
+                max_decode_length=max_decode_length,
+            )
+        return _to_host(output)
+
+    return generate
+
+
+def _text_codec(vocabulary: Any, method: str) -> TextCodec:
+    from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
+
+    label_task = TASK_KINDS[METHOD_EVAL_TASK[method]]
+    explain = TASK_KINDS["explain"] if method == "step_by_step" else None
+    return TextCodec(
+        encode=lambda text: vocabulary.encode(text),
+        decode=lambda ids: vocabulary.decode(list(ids)),
+        label_input=lambda example: label_task.inputs({"input": example.input}),
+        rationale_input=(
+            (lambda example: explain.inputs({"input": example.input})) if explain else None
+        ),
+    )
+
+
+def _eval_settings(config: ml_collections.ConfigDict, *, full: bool) -> EvalSettings:
+    return EvalSettings(
+        dataset=config.dataset,
+        method=config.method,
+        batch_size=int(config.eval_batch_size),
+        max_input_length=int(config.max_input_length),
+        max_decode_length=int(config.eval_max_decode_length),
+        decode_rationales=bool(config.decode_rationales),
+        max_examples=0 if full else int(config.eval_max_examples),
+    )
+
+
+def _run_evaluation(
+    *,
+    splits: Mapping[str, Sequence[Example]],
+    split_names: Sequence[str],
+    step: int,
+    config: ml_collections.ConfigDict,
+    codec: TextCodec,
+    generate: Any,
+    full: bool,
+    paths: RunPaths,
+    logger: MetricsLogger,
+    progress: ProgressBar,
+) -> dict[str, EvalResult]:
+    settings = _eval_settings(config, full=full)
+    results: dict[str, EvalResult] = {}
+    for split in split_names:
+        if split not in splits:
+            logging.warning("no %r split to evaluate", split)
+            continue
+        result = evaluate(
+            splits[split],
+            split=split,
+            step=step,
+            settings=settings,
+            codec=codec,
+            generate=generate,
+        )
+        results[split] = result
+        metrics = result.metrics()
+        metrics[f"{split}_eval_seconds"] = result.seconds
+        logger.write(step, metrics)
+        if jax.process_index() == 0:
+            write_predictions(predictions_path(paths.workdir, split, step), result.records)
+        progress.message(eval_summary(step, split, metrics, result.seconds))
+    logger.flush()
+    return results
+
+
+def _checkpoint_metrics(results: Mapping[str, EvalResult]) -> dict[str, float] | None:
+    if VALID_SPLIT not in results:
+        return None
+    report = results[VALID_SPLIT].report
+    return {"valid_accuracy": report.primary, "valid_exact_match": report.accuracy}
+
+
+def _initial_state(program: Any, config: ml_collections.ConfigDict) -> Any:
+    """A fresh state: from a Hugging Face T5 (config.init_checkpoint) or random init."""
+    if config.init_checkpoint:
+        from sbsd_jax.model.hf_checkpoint import load_hf_t5
+
+        _, params, _ = load_hf_t5(config.init_checkpoint, dtype=config.param_dtype)
+        logging.info("initialised from %s", config.init_checkpoint)
+        return program.init_from_params_fn(params)
+    return program.init_fn(jax.random.key(int(config.seed)))
+
+
+def _export(
+    program: Any,
+    config: ml_collections.ConfigDict,
+    checkpointer: Checkpointer,
+    final_state: Any,
+) -> str:
+    """Writes the best (by validation accuracy) or final student as a Hugging Face folder."""
+    from sbsd_jax.model.hf_checkpoint import save_hf_t5
+
+    params = final_state.params
+    best = checkpointer.best_step()
+    if config.export_which == "best" and best is not None and best != int(final_state.step):
+        restored = checkpointer.restore(best, program.abstract_state_with_shardings)
+        params = restored.state.params
+        logging.info("exporting the best checkpoint (step %d)", best)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    tokenizer = config.vocabulary if os.path.isfile(str(config.vocabulary)) else None
+    out_dir = os.path.abspath(config.export_hf_dir)
+    if jax.process_index() == 0:
+        save_hf_t5(
+            jax.device_get(params), program.model_config, out_dir, tokenizer_file=tokenizer
+        )
+    return out_dir
+
+
+def _write_config(config: ml_collections.ConfigDict, path: str) -> None:
+    if jax.process_index() == 0:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunSummary:
+    """Trains config.num_train_steps steps (resuming from workdir), evaluates, exports."""
+    with contextlib.ExitStack() as cleanup:
+        # First thing: a SIGTERM during start-up (data, compilation) must not kill the run.
+        # Hosts compare their flags at log intervals (a collective); one host needs none.
+        watcher = cleanup.enter_context(PreemptionWatcher(sync_every=int(config.log_every)))
+        return _train_and_evaluate(config, workdir, watcher, cleanup)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    watcher: PreemptionWatcher,
+    cleanup: contextlib.ExitStack,
+) -> RunSummary:
+    from sbsd_jax.data import pipeline
+    from sbsd_jax.train.partitioning import host_local_to_global
+    from sbsd_jax.train.step import build_train_program
+
+    # 1. Config, processes, mesh, compiled program.
+    mesh_lib.maybe_initialize_distributed(config)
+    config_validation.validate(config, jax.device_count(), jax.process_count())
+    paths = RunPaths.of(workdir)
+    os.makedirs(paths.workdir, exist_ok=True)
+    _write_config(config, paths.config)
+    mesh = mesh_lib.make_mesh(config)
+    program = build_train_program(config, mesh)
+
+    # 2. Data.
+    prepared = pipeline.prepare_data(config)
+    if prepared.report is not None and jax.process_index() == 0:
+        print(prepared.report.format(), flush=True)
+    train_iterator = pipeline.make_train_iterator(config, prepared=prepared)
+    codec = _text_codec(prepared.registered.vocabulary, config.method)
+
+    # 3. Resume or start.
+    policy = CheckpointPolicy(
+        keep_last=int(config.keep_checkpoints), keep_best=1 if config.keep_best else 0
+    )
+    checkpointer = cleanup.enter_context(Checkpointer(paths.checkpoints, policy))
+    restored = checkpointer.restore_latest(program.abstract_state_with_shardings)
+    if restored is not None:
+        state = restored.state
+        try:
+            train_iterator.set_state(restored.data_state)
+        except pipeline.IteratorStateError as error:
+            raise ConfigError(
+                [
+                    f"--workdir={paths.workdir} holds checkpoints of a different run "
+                    f"({error}); use a new --workdir or the original config"
+                ]
+            ) from error
+    else:
+        state = _initial_state(program, config)
+    start_step = int(jax.device_get(state.step))
+    total_steps = int(config.num_train_steps)
+    if start_step > 0 and jax.process_index() == 0:
+        print(f"Resuming from step {start_step} ({checkpointer.step_directory(start_step)})")
+
+    # 4. Train.
+    logger = MetricsLogger(paths.workdir, is_primary=jax.process_index() == 0)
+    cleanup.callback(logger.close)
+    progress = ProgressBar(total_steps, start_step=start_step)
+    evaluate_splits = functools.partial(
+        _run_evaluation,
+        splits=prepared.splits,
+        split_names=tuple(config.eval_splits),
+        config=config,
+        codec=codec,
+        paths=paths,
+        logger=logger,
+        progress=progress,
+    )
+    last_results: dict[str, EvalResult] = {}
+    window: list[Mapping[str, jax.Array]] = []
+    preempted = False
+    step = start_step
+    started = time.perf_counter()
+    while step < total_steps:
+        batch = host_local_to_global(next(train_iterator), mesh, program.batch_sharding)
+        state, metrics = program.train_step(state, batch)
+        step += 1
+        window.append(metrics)  # stays on the device until the next log step
+        is_last = step == total_steps
+
+        if step % int(config.log_every) == 0 or is_last:
+            values = _host_metrics(window)
+            window.clear()
+            logger.write(step, {f"train_{k}": v for k, v in values.items()})
+            progress.update(step, {k: values[k] for k in ("loss",) if k in values})
+
+        results: dict[str, EvalResult] = {}
+        if step % int(config.eval_every) == 0 or is_last:
+            generate = _make_generate(program, state.params, int(config.eval_max_decode_length))
+            results = evaluate_splits(step=step, generate=generate, full=is_last)
+            last_results.update(results)
+            progress.reset_clock(step)
+
+        stop = watcher.should_stop(step)
+        if step % int(config.checkpoint_every) == 0 or results or is_last or stop:
+            checkpointer.save(
+                step, state, train_iterator.get_state(), metrics=_checkpoint_metrics(results)
+            )
+        if stop and not is_last:
+            preempted = True
+            progress.message(f"SIGTERM: checkpointed step {step}, exiting")
+            break
+    train_seconds = time.perf_counter() - started
+
+    # 5. Wrap up.
+    checkpointer.wait_until_finished()
+    exported_to = None
+    if config.export_hf_dir and not preempted:
+        exported_to = _export(program, config, checkpointer, state)
+    best = checkpointer.best_step()
+    best_metrics = checkpointer.metrics(best) if best is not None else None
+    eval_metrics: dict[str, float] = {}
+    for result in last_results.values():
+        eval_metrics.update(result.metrics())
+    return RunSummary(
+        paths=paths,
+        start_step=start_step,
+        final_step=step,
+        num_train_steps=total_steps,
+        preempted=preempted,
+        train_seconds=train_seconds,
+        eval_metrics=eval_metrics,
+        best_step=best,
+        best_valid_accuracy=(best_metrics or {}).get("valid_accuracy"),
+        exported_to=exported_to,
+    )
+
+
+def summary_json(summary: RunSummary) -> str:
+    """The summary as JSON (for scripts that drive several runs, e.g. the demo)."""
+    payload = dataclasses.asdict(summary)
+    return json.dumps(payload, indent=2, sort_keys=True)

@@ -1,0 +1,196 @@
+"""`python -m sbsd_jax.main` end to end on a tiny model and fixture data, and its flag errors.
+
+The fixture is a tiny arithmetic dataset in the JSONL layout (train/valid/test.jsonl with
+rationales), a byte vocabulary and a two-layer 64-wide T5; everything runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sbsd_jax.train.metric_writers import MetricsLogger, ProgressBar, eval_summary, read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TINY_CONFIG = """
+import importlib.util
+
+def get_config():
+    spec = importlib.util.spec_from_file_location("sbsd_base_config", {base!r})
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.dataset = "jsonl"
+    config.data_source = "jsonl"
+    config.data_dir = {data_dir!r}
+    config.label_type = "gt"
+    config.method = "step_by_step"
+    config.model = "t5_tiny"
+    config.model_overrides.vocab_size = 384  # byte vocabulary: 259 ids
+    config.model_overrides.dropout_rate = 0.0
+    config.max_input_length = 32
+    config.max_target_length = 16
+    config.batch_size = 8
+    config.learning_rate = 3e-3
+    config.lr_schedule = "constant"
+    config.num_train_steps = 30
+    config.log_every = 5
+    config.eval_every = 15
+    config.checkpoint_every = 10
+    config.eval_batch_size = 8
+    config.eval_max_decode_length = 8
+    config.decode_rationales = True
+    return config
+"""
+
+
+def write_fixture(root: pathlib.Path) -> pathlib.Path:
+    """Tiny 'a plus b' dataset + a config file that trains on it; returns the config path."""
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    rng = random.Random(0)
+    for split, count in (("train", 64), ("valid", 8), ("test", 8)):
+        with (data_dir / f"{split}.jsonl").open("w") as handle:
+            for index in range(count):
+                a, b = rng.randint(1, 9), rng.randint(1, 9)
+                row = {
+                    "id": f"{split}-{index}",
+                    "input": f"{a} plus {b}",
+                    "label": str(a + b),
+                    "rationale": f"{a} + {b} = {a + b}",
+                }
+                handle.write(json.dumps(row) + "\n")
+    config_path = root / "tiny_config.py"
+    config_path.write_text(
+        TINY_CONFIG.format(base=str(REPO / "configs" / "base.py"), data_dir=str(data_dir))
+    )
+    return config_path
+
+
+def run_main(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.main", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_training_run_logs_falling_loss_evaluates_and_writes_every_file(tmp_path):
+    config = write_fixture(tmp_path)
+    workdir = tmp_path / "run"
+    export_dir = tmp_path / "hf_export"
+    result = run_main(
+        f"--config={config}", f"--workdir={workdir}", f"--config.export_hf_dir={export_dir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["train_loss"] for row in rows if "train_loss" in row]
+    assert len(losses) == 6  # every 5 of 30 steps
+    assert losses[-1] < 0.7 * losses[0]
+    train_rows = [row for row in rows if "train_loss" in row]
+    assert all("train_label_loss" in r and "train_rationale_loss" in r for r in train_rows)
+    eval_rows = [row for row in rows if "valid_accuracy" in row]
+    assert [row["step"] for row in eval_rows] == [15, 30]
+    assert any("test_accuracy" in row and row["step"] == 30 for row in rows)
+
+    predictions = workdir / "predictions" / "test_step_30.jsonl"
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(records) == 8
+    assert set(records[0]) == {"id", "input", "label", "prediction", "correct", "rationale"}
+    assert records[0]["rationale"] is not None  # decode_rationales: the explain task's output
+
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "checkpoints" / "30").is_dir()
+    assert (export_dir / "config.json").is_file()
+    assert (export_dir / "model.safetensors").is_file()
+    # The summary says where the run's files are.
+    assert str(workdir / "metrics.jsonl") in result.stdout
+    assert str(export_dir) in result.stdout
+
+
+def test_an_unknown_config_field_is_rejected_by_name(tmp_path):
+    config = write_fixture(tmp_path)
+    result = run_main(f"--config={config}", f"--workdir={tmp_path}", "--config.no_such_field=1")
+    assert result.returncode != 0
+    assert "no_such_field" in result.stderr
+
+
+def test_a_value_of_the_wrong_type_is_rejected(tmp_path):
+    config = write_fixture(tmp_path)
+    result = run_main(f"--config={config}", f"--workdir={tmp_path}", "--config.alpha=lots")
+    assert result.returncode != 0
+    assert "alpha" in result.stderr
+
+
+def test_a_config_that_cannot_work_says_what_to_change(tmp_path):
+    config = write_fixture(tmp_path)
+    result = run_main(
+        f"--config={config}",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.alpha=1.5",
+        "--config.model=t5_gigantic",
+    )
+    assert result.returncode == 2
+    assert "config.alpha=1.5: must be in [0, 1]" in result.stderr
+    assert "config.model='t5_gigantic'" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_workdir_is_required(tmp_path):
+    config = write_fixture(tmp_path)
+    result = run_main(f"--config={config}")
+    assert result.returncode != 0
+    assert "workdir" in result.stderr
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    result = run_main(f"--config={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    assert str(tmp_path / "nope.py") in result.stderr
+
+
+def test_progress_line_shows_step_rate_eta_and_loss():
+    stream = io.StringIO()
+    bar = ProgressBar(100, start_step=0, stream=stream)
+    line = bar.update(50, {"loss": 1.23456})
+    assert line.startswith("step 50/100 [############............]")
+    assert "steps/s ETA " in line and line.endswith("loss=1.235")
+    assert stream.getvalue() == line + "\n"  # not a terminal: one line per update
+
+
+def test_evaluation_summary_is_one_line_per_split():
+    values = {
+        "valid_accuracy": 0.5,
+        "valid_exact_match": 0.25,
+        "valid_num_examples": 8.0,
+        "valid_eval_seconds": 1.25,
+    }
+    assert eval_summary(15, "valid", values, 1.25) == (
+        "eval step 15 valid (8 examples, 1.2s): accuracy=0.5000 exact_match=0.2500"
+    )
+
+
+def test_metrics_logger_appends_json_lines(tmp_path):
+    logger = MetricsLogger(tmp_path, is_primary=True, tensorboard=False)
+    logger.write(5, {"train_loss": np.float32(2.5)})
+    logger.write(10, {"valid_accuracy": 0.75})
+    assert read_metrics(tmp_path) == [
+        {"step": 5, "train_loss": 2.5},
+        {"step": 10, "valid_accuracy": 0.75},
+    ]
+    MetricsLogger(tmp_path / "other", is_primary=False).write(1, {"x": 1.0})
+    assert not (tmp_path / "other").exists()  # only process 0 writes

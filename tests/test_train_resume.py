@@ -1,0 +1,228 @@
+"""Interrupted runs end where an uninterrupted one ends: resume in a new process, SIGKILL, SIGTERM.
+
+Every run is `python -m sbsd_jax.main` in a subprocess on a tiny T5 and fixture data (8 fake CPU
+devices, fsdp over all of them). The reference trains NUM_STEPS steps without interruption; the
+others are stopped and resumed, and their final train state (params, optimizer state, step)
+must be bitwise equal to the reference's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sbsd_jax.train.checkpointing import read_state_arrays
+from sbsd_jax.train.preemption import PreemptionWatcher
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 24
+CHECKPOINT_EVERY = 4
+
+TINY_CONFIG = """
+import importlib.util
+
+def get_config():
+    spec = importlib.util.spec_from_file_location("sbsd_base_config", {base!r})
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.dataset = "jsonl"
+    config.data_source = "jsonl"
+    config.data_dir = {data_dir!r}
+    config.label_type = "gt"
+    config.method = "step_by_step"
+    config.model = "t5_tiny"
+    config.model_overrides.vocab_size = 384
+    config.model_overrides.dropout_rate = 0.1  # dropout keys must survive a resume too
+    config.max_input_length = 32
+    config.max_target_length = 16
+    config.batch_size = 8
+    config.learning_rate = 1e-3
+    config.lr_schedule = "constant"  # so a run to step k continues exactly into a run to n
+    config.num_train_steps = {num_steps}
+    config.log_every = 1
+    config.eval_every = 1000
+    config.eval_splits = ()  # no decoding: these tests are about the train state
+    config.checkpoint_every = {checkpoint_every}
+    config.eval_batch_size = 8
+    config.eval_max_decode_length = 4
+    return config
+"""
+
+
+def _write_fixture(root: pathlib.Path) -> pathlib.Path:
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    rng = random.Random(1)
+    for split, count in (("train", 40), ("valid", 8), ("test", 8)):
+        with (data_dir / f"{split}.jsonl").open("w") as handle:
+            for index in range(count):
+                a, b = rng.randint(1, 9), rng.randint(1, 9)
+                row = {
+                    "id": f"{split}-{index}",
+                    "input": f"{a} plus {b}",
+                    "label": str(a + b),
+                    "rationale": f"{a} + {b} = {a + b}",
+                }
+                handle.write(json.dumps(row) + "\n")
+    config_path = root / "resume_config.py"
+    config_path.write_text(
+        TINY_CONFIG.format(
+            base=str(REPO / "configs" / "base.py"),
+            data_dir=str(data_dir),
+            num_steps=NUM_STEPS,
+            checkpoint_every=CHECKPOINT_EVERY,
+        )
+    )
+    return config_path
+
+
+class Runs:
+    """Starts `python -m sbsd_jax.main` on the fixture config; all runs share a compile cache."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self.config = _write_fixture(root)
+        self.env = dict(os.environ)
+        self.env.update(
+            JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
+
+    def command(self, workdir: pathlib.Path, *overrides: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "sbsd_jax.main",
+            f"--config={self.config}",
+            f"--workdir={workdir}",
+            *overrides,
+        ]
+
+    def run(self, workdir: pathlib.Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.command(workdir, *overrides),
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def start_and_signal(
+        self, workdir: pathlib.Path, signum: int, at_step: int
+    ) -> tuple[int, str]:
+        """Starts a full run and sends `signum` once its progress line for `at_step` appears.
+
+        Returns (exit status, stdout)."""
+        process = subprocess.Popen(
+            self.command(workdir),
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for line in process.stderr:
+                if line.startswith(f"step {at_step}/"):
+                    process.send_signal(signum)
+                    break
+            stdout, _ = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        return process.returncode, stdout
+
+
+def _committed_steps(workdir: pathlib.Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _assert_states_bitwise_equal(
+    left: dict[str, np.ndarray], right: dict[str, np.ndarray]
+) -> None:
+    assert sorted(left) == sorted(right)
+    for name in left:
+        assert left[name].dtype == right[name].dtype, name
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name, strict=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("resume"))
+
+
+@pytest.fixture(scope="module")
+def reference_state(runs: Runs) -> dict[str, np.ndarray]:
+    """The final state of an uninterrupted NUM_STEPS run."""
+    workdir = runs.root / "uninterrupted"
+    runs.run(workdir)
+    return read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
+
+
+@pytest.mark.slow
+def test_restoring_in_a_new_process_continues_bit_for_bit(runs, reference_state):
+    workdir = runs.root / "two_processes"
+    runs.run(workdir, "--config.num_train_steps=10")  # saves at 4, 8 and (last step) 10
+    assert _committed_steps(workdir)[-1] == 10
+    result = runs.run(workdir)
+    assert "Resuming from step 10" in result.stdout
+    final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
+    assert int(final["step"]) == NUM_STEPS
+    _assert_states_bitwise_equal(final, reference_state)
+
+
+@pytest.mark.slow
+def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, reference_state):
+    workdir = runs.root / "killed"
+    status, _ = runs.start_and_signal(workdir, signal.SIGKILL, at_step=13)
+    assert status == -signal.SIGKILL
+    last = _committed_steps(workdir)[-1]
+    # Killed after step 13: the checkpoint of step 8 is committed (Orbax finishes a save
+    # before it starts the next, at 12); the run was stopped well before its end.
+    assert 8 <= last < NUM_STEPS and last % CHECKPOINT_EVERY == 0
+    # What a save interrupted by the kill leaves behind is never taken for a checkpoint.
+    (workdir / "checkpoints" / f"{NUM_STEPS - 1}.orbax-checkpoint-tmp-1234" / "state").mkdir(
+        parents=True
+    )
+    result = runs.run(workdir)
+    assert f"Resuming from step {last}" in result.stdout
+    final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
+    _assert_states_bitwise_equal(final, reference_state)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(runs):
+    workdir = runs.root / "preempted"
+    status, stdout = runs.start_and_signal(workdir, signal.SIGTERM, at_step=6)
+    assert status == 0
+    assert "Stopped by SIGTERM at step" in stdout
+    stopped_at = int(stdout.split("Stopped by SIGTERM at step ")[1].split("/")[0])
+    assert 6 <= stopped_at < NUM_STEPS
+    assert _committed_steps(workdir)[-1] == stopped_at
+    metadata = json.loads(
+        (workdir / "checkpoints" / str(stopped_at) / "data" / "metadata").read_text()
+    )
+    assert metadata["epoch"] * 40 + metadata["position"] == stopped_at * 8  # examples consumed
+
+
+def test_sigterm_only_sets_a_flag_and_the_previous_handler_comes_back():
+    previous = signal.getsignal(signal.SIGTERM)
+    with PreemptionWatcher() as watcher:
+        assert not watcher.should_stop(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the test process keeps running
+        assert watcher.should_stop(2)
+    assert signal.getsignal(signal.SIGTERM) is previous
