@@ -1,0 +1,230 @@
+"""Compile the real train step for a TPU slice we do not have, and print its memory per chip.
+
+    python -m sbsd_jax.aot --config=configs/cqa.py --topology=v4:2x2x4 \
+        --config.model=t5_v1_1_xxl --config.batch_size=32 --config.mesh.tensor=4
+
+libtpu (`pip install "jax[tpu]==<jax version>"`) describes the topology's chips
+(jax.experimental.topologies.get_topology_desc) and compiles for them on this CPU machine; the
+state and batch are ShapeDtypeStructs with NamedShardings on that topology's mesh, so nothing
+is allocated. XLA's memory analysis of the compiled step (arguments = parameters + optimizer
+state + batch, temporaries = activations and gradients, outputs aliased to the donated
+state) is printed against the chip's HBM, so a layout that does not fit is caught before
+renting the slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+# libtpu looks for a TPU VM's metadata; on a CPU machine there is none and nothing to find.
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+# Compiling touches no chip, so several AOT processes may share libtpu (no lockfile).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from sbsd_jax.train import config_validation  # noqa: E402
+from sbsd_jax.train import mesh as mesh_lib  # noqa: E402
+from sbsd_jax.train import step as step_lib  # noqa: E402
+
+GIB = 1024**3
+
+# HBM per chip in GiB, by the device_kind libtpu reports (and the topology name's prefix).
+HBM_GIB: dict[str, float] = {
+    "v4": 32.0,
+    "v5e": 16.0,
+    "v5 lite": 16.0,
+    "v5p": 95.0,
+    "v5": 95.0,
+    "v6e": 32.0,
+    "v6 lite": 32.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Per-device bytes of one compiled executable (XLA's memory analysis)."""
+
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    generated_code_bytes: int
+    hbm_bytes: float | None
+
+    @property
+    def total_bytes(self) -> int:
+        """What must be resident at the peak: inputs, outputs not aliased to inputs, temps."""
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+                + self.generated_code_bytes)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
+
+    def table(self) -> str:
+        rows = [
+            ("arguments (state + batch)", self.argument_bytes),
+            ("outputs", self.output_bytes),
+            ("  of which aliased to donated inputs", self.alias_bytes),
+            ("temporaries (activations, grads)", self.temp_bytes),
+            ("generated code", self.generated_code_bytes),
+            ("total per device", self.total_bytes),
+        ]
+        lines = [f"{name:<38} {value / GIB:9.2f} GiB" for name, value in rows]
+        if self.hbm_bytes is not None:
+            verdict = "fits" if self.fits else "DOES NOT FIT"
+            lines.append(f"{'HBM per chip':<38} {self.hbm_bytes / GIB:9.2f} GiB  -> {verdict} "
+                         f"({100 * self.total_bytes / self.hbm_bytes:.0f}% used)")
+        return "\n".join(lines)
+
+
+def hbm_bytes_for(device_kind: str, topology_name: str = "") -> float | None:
+    """HBM of one chip from libtpu's device_kind ('TPU v4', 'TPU v5 lite', ...) or the name."""
+    kind = device_kind.lower().removeprefix("tpu").strip()
+    if kind in HBM_GIB:
+        return HBM_GIB[kind] * GIB
+    prefix = topology_name.split(":")[0].lower()
+    return HBM_GIB[prefix] * GIB if prefix in HBM_GIB else None
+
+
+# Generations whose two TensorCores per chip act as one device ("megacore").
+MEGACORE_GENERATIONS: tuple[str, ...] = ("v4", "v5p")
+
+
+def topology_devices(
+    topology: str,
+    num_slices: int = 1,
+    chips_per_host_bounds: tuple[int, int, int] | None = None,
+) -> list[jax.Device]:
+    """The devices (one per chip) of a TPU topology such as 'v4:2x2x4' or 'v5e:2x4'.
+
+    Needs libtpu. Hosts hold 2x2x1 chips by default, except v5e/v6e '2x4', which is the
+    single-host 8-chip machine (v5litepod-8 / v6e-8).
+    """
+    from jax.experimental import topologies
+
+    generation, _, shape = topology.lower().partition(":")
+    if chips_per_host_bounds is None:
+        single_host_8 = generation in ("v5e", "v6e") and shape == "2x4"
+        chips_per_host_bounds = (2, 4, 1) if single_host_8 else (2, 2, 1)
+    kwargs = {
+        "chip_config_name": "megacore" if generation in MEGACORE_GENERATIONS else "default",
+        "chips_per_host_bounds": chips_per_host_bounds,
+        "num_slices": num_slices,
+    }
+    try:
+        description = topologies.get_topology_desc(
+            topology_name=topology, platform="tpu", **kwargs
+        )
+    except Exception as error:  # libtpu missing or an unknown topology name
+        raise RuntimeError(
+            f"cannot describe TPU topology {topology!r} ({error}); is libtpu installed? "
+            f'pip install "jax[tpu]=={jax.__version__}"'
+        ) from error
+    return list(description.devices)
+
+
+def abstract_batch(
+    config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of one global training batch at the config's full lengths.
+
+    step_by_step puts a predict and an explain sequence per example in the batch (unpacked:
+    2 * batch_size rows); the other methods one.
+    """
+    import jax.numpy as jnp
+
+    rows = config.batch_size * (2 if config.method == "step_by_step" else 1)
+    inputs, targets = config.max_input_length, config.max_target_length
+    batch = {}
+    for key in step_lib.MODEL_INPUT_KEYS:
+        length = inputs if key.startswith("encoder_") else targets
+        dtype = jnp.float32 if key == "decoder_loss_weights" else jnp.int32
+        batch[key] = jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding)
+    return batch
+
+
+def compile_train_step(
+    config: ml_collections.ConfigDict, devices: list[jax.Device]
+) -> tuple[jax.stages.Compiled, step_lib.TrainProgram]:
+    """Lowers and compiles the real train step for `devices` without allocating anything."""
+    config_validation.validate(config, len(devices))
+    mesh = mesh_lib.make_mesh(config, devices)
+    program = step_lib.build_train_program(config, mesh, platform=devices[0].platform)
+    lowered = program.train_step.lower(
+        program.abstract_state_with_shardings, abstract_batch(config, program.batch_sharding)
+    )
+    return lowered.compile(), program
+
+
+def memory_report(compiled: jax.stages.Compiled, hbm_bytes: float | None) -> MemoryReport:
+    stats = compiled.memory_analysis()
+    return MemoryReport(
+        argument_bytes=int(stats.argument_size_in_bytes),
+        output_bytes=int(stats.output_size_in_bytes),
+        alias_bytes=int(stats.alias_size_in_bytes),
+        temp_bytes=int(stats.temp_size_in_bytes),
+        generated_code_bytes=int(stats.generated_code_size_in_bytes),
+        hbm_bytes=hbm_bytes,
+    )
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v4:2x2x4, v5e:2x4.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice).")
+_HOST_BOUNDS = flags.DEFINE_list(
+    "chips_per_host_bounds", [], "Chips per host as x,y,z (default 2,2,1; v5e/v6e:2x4 2,4,1)."
+)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config=configs/<experiment>.py is required")
+    bounds = _HOST_BOUNDS.value
+    devices = topology_devices(
+        _TOPOLOGY.value,
+        _NUM_SLICES.value,
+        tuple(int(x) for x in bounds) if bounds else None,  # type: ignore[arg-type]
+    )
+    start = time.perf_counter()
+    try:
+        compiled, program = compile_train_step(config, devices)
+    except config_validation.ConfigError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        # XLA's TPU compiler refuses a program whose temporaries alone exceed HBM.
+        print(f"topology {_TOPOLOGY.value}: {config.model} DOES NOT FIT with mesh "
+              f"{config.mesh.to_dict()}, remat {config.remat_policy}:\n  {error}")
+        sys.exit(1)
+    seconds = time.perf_counter() - start
+    report = memory_report(compiled, hbm_bytes_for(devices[0].device_kind, _TOPOLOGY.value))
+    mesh = dict(program.mesh.shape)
+    params = sum(x.size for x in jax.tree.leaves(program.abstract_state.params))
+    print(f"topology {_TOPOLOGY.value} x{_NUM_SLICES.value}: {len(devices)} x "
+          f"{devices[0].device_kind}; mesh {mesh}")
+    print(f"model {config.model} ({params / 1e9:.2f}B params, {program.model_config.dtype} "
+          f"compute, remat {program.model_config.remat_policy}, scan {config.scan_layers}); "
+          f"optimizer {config.optimizer}; method {config.method}; batch {config.batch_size} x "
+          f"accum {config.grad_accum_steps}; input {config.max_input_length}, target "
+          f"{config.max_target_length}")
+    print(f"compiled in {seconds:.1f} s")
+    print(report.table())
+    if report.fits is False:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

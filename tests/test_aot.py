@@ -1,0 +1,81 @@
+"""Ahead-of-time compilation of the real train step for a TPU slice, on this CPU machine.
+
+The compile test needs libtpu (`pip install "jax[tpu]==<jax version>"`) and is skipped without
+it; the memory arithmetic and batch shapes are checked everywhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import jax
+import ml_collections
+import pytest
+
+from sbsd_jax import aot
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+GIB = 1024**3
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("cqa_config", CONFIGS / "cqa.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model = "t5_v1_1_tiny"
+    config.model_overrides.update(
+        {"dropout_rate": 0.0, "vocab_size": 512, "num_encoder_layers": 1,
+         "num_decoder_layers": 1}
+    )
+    config.batch_size, config.eval_batch_size = 4, 4
+    config.max_input_length, config.max_target_length = 32, 16
+    config.mesh.update(data=1, fsdp=2, tensor=2)
+    return config
+
+
+def test_memory_total_counts_outputs_aliased_to_donated_inputs_once():
+    report = aot.MemoryReport(argument_bytes=10 * GIB, output_bytes=9 * GIB,
+                              alias_bytes=9 * GIB, temp_bytes=4 * GIB,
+                              generated_code_bytes=0, hbm_bytes=16 * GIB)
+    assert report.total_bytes == 14 * GIB
+    assert report.fits
+    assert "fits (88% used)" in report.table()
+    over = aot.MemoryReport(20 * GIB, 0, 0, 13 * GIB, 0, 32 * GIB)
+    assert not over.fits and "DOES NOT FIT" in over.table()
+
+
+@pytest.mark.parametrize(
+    "device_kind, topology, gib",
+    [("TPU v4", "v4:2x2x4", 32), ("TPU v5 lite", "v5e:2x4", 16), ("TPU v5", "v5p:2x2x2", 95),
+     ("TPU v6 lite", "v6e:2x2", 32), ("TPU v9", "v6e:4x4", 32), ("TPU v9", "v9:1x1", None)],
+)
+def test_hbm_per_chip_by_device_kind_or_topology_name(device_kind, topology, gib):
+    expected = None if gib is None else gib * GIB
+    assert aot.hbm_bytes_for(device_kind, topology) == expected
+
+
+def test_abstract_batch_has_two_sequences_per_example_for_step_by_step():
+    config = tiny_config()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    batch = aot.abstract_batch(config, sharding)
+    assert batch["encoder_input_tokens"].shape == (8, 32)
+    assert batch["decoder_task_ids"].shape == (8, 16)
+    assert batch["decoder_loss_weights"].dtype == jax.numpy.float32
+    config.method = "standard"
+    assert aot.abstract_batch(config, sharding)["decoder_target_tokens"].shape == (4, 16)
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason='needs libtpu: pip install "jax[tpu]==<jax version>"')
+def test_tiny_train_step_compiles_for_a_v5e_2x2_slice_and_reports_its_memory():
+    devices = aot.topology_devices("v5e:2x2")
+    assert len(devices) == 4 and devices[0].platform == "tpu"
+    compiled, program = aot.compile_train_step(tiny_config(), devices)
+    assert dict(program.mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2}
+    assert program.model_config.dtype == "bfloat16"  # 'auto' follows the target, not this CPU
+    report = aot.memory_report(compiled, aot.hbm_bytes_for(devices[0].device_kind))
+    assert report.hbm_bytes == 16 * GIB
+    assert 0 < report.argument_bytes < report.total_bytes
+    assert report.alias_bytes > 0  # the donated state is updated in place
+    assert report.fits

@@ -1,0 +1,178 @@
+"""Experiment configs carry the paper's recipe, and a config that cannot work fails at start
+with a message naming the field and what to change."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import pytest
+
+from sbsd_jax.model.config import MODEL_NAMES
+from sbsd_jax.train import optimizer as optimizer_lib
+from sbsd_jax.train import step as step_lib
+from sbsd_jax.train.config_validation import ConfigError, validate
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = ("cqa", "svamp", "esnli", "anli1", "gsm8k", "jsonl")
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def good_config() -> ml_collections.ConfigDict:
+    return load_config("cqa")
+
+
+def errors_of(config: ml_collections.ConfigDict, num_devices: int = 8) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate(config, num_devices)
+    assert isinstance(caught.value, ValueError)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_config_has_the_paper_recipe_and_validates(name):
+    config = load_config(name)
+    assert config.dataset == name
+    assert (config.optimizer, config.learning_rate, config.batch_size) == ("adamw", 5e-5, 64)
+    assert (config.max_input_length, config.max_target_length) == (1024, 256)
+    assert (config.num_train_steps, config.eval_every, config.alpha) == (10_000, 250, 0.5)
+    assert (config.model, config.method, config.grad_clip_norm) == (
+        "t5_v1_1_base", "step_by_step", 1.0)
+    if name == "jsonl":
+        config.data_dir = "/data/mine"
+    for devices in (1, 8):
+        validate(config, devices)
+
+
+def test_base_config_is_the_reference_optimizer_schedule():
+    """HF Trainer defaults of the reference: linear decay from 5e-5 to 0, no warmup."""
+    schedule = optimizer_lib.make_learning_rate_schedule(good_config())
+    assert float(schedule(0)) == pytest.approx(5e-5)
+    assert float(schedule(5_000)) == pytest.approx(2.5e-5)
+    assert float(schedule(10_000)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", optimizer_lib.LR_SCHEDULES)
+def test_every_schedule_warms_up_linearly_then_stays_at_or_below_the_peak(schedule):
+    config = good_config()
+    config.lr_schedule, config.warmup_steps = schedule, 100
+    rate = optimizer_lib.make_learning_rate_schedule(config)
+    assert float(rate(0)) == 0.0
+    assert float(rate(50)) == pytest.approx(2.5e-5)
+    assert float(rate(100)) == pytest.approx(5e-5)
+    assert all(float(rate(step)) <= 5e-5 * (1 + 1e-6) for step in (150, 1_000, 9_999))
+
+
+def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
+    config = good_config()
+    assert step_lib.build_model_config(config, platform="cpu").dtype == "float32"
+    assert step_lib.build_model_config(config, platform="tpu").dtype == "bfloat16"
+    assert step_lib.build_model_config(config, platform="gpu").dtype == "bfloat16"
+    config.model_overrides.dropout_rate = 0.0
+    config.model = "t5_v1_1_large"
+    model = step_lib.build_model_config(config, platform="cpu")
+    assert (model.d_model, model.dropout_rate) == (1024, 0.0)
+
+
+def test_unknown_model_lists_the_known_names():
+    config = good_config()
+    config.model = "t5_v2_huge"
+    message = errors_of(config)
+    assert "config.model='t5_v2_huge'" in message
+    assert all(name in message for name in MODEL_NAMES)
+
+
+def test_batch_not_divisible_by_the_data_parallel_size():
+    config = good_config()
+    config.batch_size = 60
+    config.mesh.update(data=2, fsdp=4, tensor=1)
+    message = errors_of(config)
+    assert "config.batch_size=60" in message
+    assert "data*fsdp = 2*4 = 8" in message and "multiple of 8" in message
+
+
+def test_tensor_parallel_devices_do_not_count_as_data_parallel():
+    config = good_config()
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.mesh.update(data=1, fsdp=-1, tensor=2)
+    validate(config, 8)  # fsdp fills to 4: a batch of 4 splits evenly
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_outside_zero_one(alpha):
+    config = good_config()
+    config.alpha = alpha
+    assert f"config.alpha={alpha}: must be in [0, 1]" in errors_of(config)
+
+
+def test_mesh_larger_than_the_devices():
+    config = good_config()
+    config.mesh.update(data=2, fsdp=4, tensor=2)
+    message = errors_of(config, num_devices=8)
+    assert "2*4*2 = 16 devices but only 8 are available" in message
+
+
+def test_mesh_with_two_fill_axes_or_an_indivisible_fill():
+    config = good_config()
+    config.mesh.update(data=-1, fsdp=-1)
+    assert "only one of config.mesh.data/fsdp/tensor may be -1" in errors_of(config)
+    config.mesh.update(data=1, fsdp=-1, tensor=3)
+    assert "does not divide the 8 devices" in errors_of(config)
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("method", "distill", "config.method='distill': unknown; choose one of standard, "
+                              "step_by_step, cot"),
+        ("optimizer", "sgd", "config.optimizer='sgd': unknown; choose one of adamw, adafactor"),
+        ("dataset", "mnist", "config.dataset='mnist': unknown; choose one of cqa"),
+        ("lr_schedule", "cyclic", "config.lr_schedule='cyclic': unknown"),
+        ("compute_dtype", "int8", "config.compute_dtype='int8': unknown"),
+        ("remat_policy", "some", "config.remat_policy='some': unknown"),
+        ("label_type", "human", "config.label_type='human': unknown; choose one of gt, llm"),
+    ],
+)
+def test_unknown_choices_list_the_allowed_values(field, value, expected):
+    config = good_config()
+    config[field] = value
+    assert expected in errors_of(config)
+
+
+def test_grad_accum_must_divide_the_batch_and_leave_data_parallel_micro_batches():
+    config = good_config()
+    config.grad_accum_steps = 3
+    assert "config.grad_accum_steps=3: must divide config.batch_size=64" in errors_of(config)
+    config.grad_accum_steps = 16  # micro-batches of 4 examples over 8 data-parallel devices
+    assert "each of the 16 micro-batch(es) (4 examples)" in errors_of(config)
+    config.grad_accum_steps = 8
+    validate(config, 8)
+
+
+def test_jsonl_needs_a_data_dir_and_bad_model_overrides_are_named():
+    config = load_config("jsonl")
+    assert "config.data_dir is empty" in errors_of(config)
+    config = good_config()
+    config.model_overrides.dropout_rate = 1.0
+    assert "config.model_overrides: T5Config.dropout_rate must be in [0, 1)" in errors_of(config)
+
+
+def test_logical_axis_rules_must_name_mesh_axes():
+    config = good_config()
+    config.logical_axis_rules = (("embed", "model"),)
+    assert "unknown mesh axes ['model']" in errors_of(config)
+
+
+def test_all_problems_are_reported_at_once():
+    config = good_config()
+    config.alpha, config.optimizer, config.model = 2.0, "sgd", "nope"
+    error = pytest.raises(ConfigError, validate, config, 8).value
+    assert len(error.problems) == 3

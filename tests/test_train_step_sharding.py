@@ -1,0 +1,212 @@
+"""The train step on a data x fsdp x tensor mesh of 8 fake CPU devices computes what it computes
+on one device: same losses, same parameters after a few steps (to float tolerance); gradient
+accumulation equals the full-batch step; everything lives where the rules table says."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from sbsd_jax.data.features import TASK_LABEL, TASK_RATIONALE
+from sbsd_jax.train import mesh as mesh_lib
+from sbsd_jax.train import partitioning
+from sbsd_jax.train import step as step_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+INPUT_LENGTH, TARGET_LENGTH = 12, 8
+STEPS = 3
+
+
+def tiny_config(**mesh: int) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("base_config", CONFIGS / "base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model = "t5_v1_1_tiny"
+    # One layer per stack and a small vocabulary keep XLA's CPU compile short; no dropout,
+    # whose threefry bits make up most of the compile time (same masks on any mesh anyway).
+    config.model_overrides = ml_collections.ConfigDict(
+        {"dropout_rate": 0.0, "vocab_size": 512, "num_encoder_layers": 1,
+         "num_decoder_layers": 1})
+    config.batch_size = 4  # examples; step_by_step -> 8 rows (4 predict + 4 explain)
+    config.eval_batch_size = 8
+    config.max_input_length, config.max_target_length = INPUT_LENGTH, TARGET_LENGTH
+    config.learning_rate = 3e-3  # large enough that parameters visibly move in 3 steps
+    config.lr_schedule = "constant"
+    config.compute_dtype = "float32"
+    config.mesh.update(mesh)
+    return config
+
+
+def make_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
+    """Half label rows, half rationale rows, of different lengths; the last row packs two
+    rationale segments (segment ids 1 and 2, positions restarting at 0)."""
+    rng = np.random.default_rng(seed)
+    batch = {key: np.zeros((rows, length), np.int32) for key, length in (
+        ("encoder_input_tokens", INPUT_LENGTH), ("encoder_segment_ids", INPUT_LENGTH),
+        ("encoder_positions", INPUT_LENGTH), ("decoder_input_tokens", TARGET_LENGTH),
+        ("decoder_target_tokens", TARGET_LENGTH), ("decoder_segment_ids", TARGET_LENGTH),
+        ("decoder_positions", TARGET_LENGTH), ("decoder_task_ids", TARGET_LENGTH))}
+    batch["decoder_loss_weights"] = np.zeros((rows, TARGET_LENGTH), np.float32)
+
+    def put(row: int, segment: int, start: int, in_len: int, in_start: int, tgt_len: int,
+            task: int) -> None:
+        source = slice(in_start, in_start + in_len)
+        batch["encoder_input_tokens"][row, source] = rng.integers(2, 300, in_len)
+        batch["encoder_segment_ids"][row, source] = segment
+        batch["encoder_positions"][row, source] = np.arange(in_len)
+        target = rng.integers(2, 300, tgt_len)
+        target[-1] = 1  # EOS
+        span = slice(start, start + tgt_len)
+        batch["decoder_target_tokens"][row, span] = target
+        batch["decoder_input_tokens"][row, span] = np.concatenate([[0], target[:-1]])
+        batch["decoder_segment_ids"][row, span] = segment
+        batch["decoder_positions"][row, span] = np.arange(tgt_len)
+        batch["decoder_loss_weights"][row, span] = 1.0
+        batch["decoder_task_ids"][row, span] = task
+
+    for row in range(rows - 1):
+        task = TASK_LABEL if row < rows // 2 else TASK_RATIONALE
+        put(row, 1, 0, 4 + row % 7, 0, 2 + row % 6, task)
+    put(rows - 1, 1, 0, 5, 0, 3, TASK_RATIONALE)
+    put(rows - 1, 2, 3, 6, 5, 4, TASK_RATIONALE)
+    return batch
+
+
+def run_steps(config: ml_collections.ConfigDict, devices, steps: int = STEPS):
+    mesh = mesh_lib.make_mesh(config, devices)
+    program = step_lib.build_train_program(config, mesh)
+    state = program.init_fn(jax.random.key(config.seed))
+    losses = []
+    for i in range(steps):
+        batch = partitioning.host_local_to_global(make_batch(i), mesh)
+        state, metrics = program.train_step(state, batch)
+        losses.append(jax.device_get(metrics))
+    return program, state, losses
+
+
+@pytest.fixture(scope="module")
+def one_device_run():
+    return run_steps(tiny_config(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def mesh_2x2x2_run():
+    assert len(jax.devices()) == 8, "conftest provides 8 fake CPU devices"
+    return run_steps(tiny_config(data=2, fsdp=2, tensor=2), jax.devices())
+
+
+def test_data_fsdp_tensor_mesh_gives_the_same_losses_and_params_as_one_device(
+    one_device_run, mesh_2x2x2_run
+):
+    _, single_state, single_metrics = one_device_run
+    _, sharded_state, sharded_metrics = mesh_2x2x2_run
+    for single, sharded in zip(single_metrics, sharded_metrics, strict=True):
+        for name in ("loss", "label_loss", "rationale_loss", "grad_norm"):
+            np.testing.assert_allclose(sharded[name], single[name], rtol=2e-5, err_msg=name)
+        assert sharded["label_tokens"] == single["label_tokens"]
+    assert int(sharded_state.step) == int(single_state.step) == STEPS
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                                atol=2e-5),
+        sharded_state.params, single_state.params,
+    )
+    # The parameters did move, so the comparison is not between two initialisations.
+    first, last = single_metrics[0]["loss"], single_metrics[-1]["loss"]
+    assert last < first
+
+
+def test_each_task_is_counted_over_its_own_tokens(mesh_2x2x2_run):
+    _, _, metrics = mesh_2x2x2_run
+    batch = make_batch(0)
+    weights, tasks = batch["decoder_loss_weights"], batch["decoder_task_ids"]
+    assert metrics[0]["label_tokens"] == weights[tasks == TASK_LABEL].sum()
+    assert metrics[0]["rationale_tokens"] == weights[tasks == TASK_RATIONALE].sum()
+    np.testing.assert_allclose(
+        metrics[0]["loss"],
+        0.5 * metrics[0]["label_loss"] + 0.5 * metrics[0]["rationale_loss"], rtol=1e-6,
+    )
+
+
+def test_params_optimizer_state_and_batch_are_placed_by_the_rules(mesh_2x2x2_run):
+    program, state, _ = mesh_2x2x2_run
+    mlp_in = state.params["encoder"]["layers"][0]["mlp"]["wi_0"]
+    assert mlp_in.get_value().sharding.spec == P("fsdp", "tensor")  # ('embed', 'mlp')
+    # 64 x 96 split 2 ways on each axis, replicated over 'data'.
+    assert mlp_in.get_value().addressable_shards[0].data.shape == (32, 48)
+    adam_mu = state.opt_state[1][0].mu["encoder"]["layers"][0]["mlp"]["wi_0"]
+    assert adam_mu.get_value().sharding.spec == P("fsdp", "tensor")  # mirrors its parameter
+    assert state.step.sharding.spec == P()
+    batch = partitioning.host_local_to_global(make_batch(0), program.mesh)
+    tokens = batch["encoder_input_tokens"]
+    assert tokens.sharding.spec == P(("data", "fsdp"))
+    assert tokens.addressable_shards[0].data.shape == (2, INPUT_LENGTH)  # 8 rows / (2*2)
+
+
+def test_gradient_accumulation_equals_the_full_batch_step(mesh_2x2x2_run):
+    def run(accum: int):  # (micro-batches would draw their own dropout masks: none here)
+        config = tiny_config(data=2, fsdp=2, tensor=2)
+        config.grad_accum_steps = accum
+        return run_steps(config, jax.devices())
+
+    _, full_state, full_metrics = mesh_2x2x2_run
+    _, accum_state, accum_metrics = run(2)
+    for full, accumulated in zip(full_metrics, accum_metrics, strict=True):
+        for name in ("loss", "label_loss", "rationale_loss", "label_tokens", "rationale_tokens",
+                     "grad_norm"):
+            np.testing.assert_allclose(accumulated[name], full[name], rtol=2e-5, err_msg=name)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                                atol=2e-5),
+        accum_state.params, full_state.params,
+    )
+
+
+def test_mesh_axes_fill_the_devices():
+    config = tiny_config(data=2, fsdp=-1, tensor=2)
+    assert mesh_lib.resolve_mesh_shape(config.mesh, 8) == (2, 2, 2)
+    assert dict(mesh_lib.make_mesh(tiny_config(fsdp=-1), jax.devices()).shape) == {
+        "data": 1, "fsdp": 8, "tensor": 1}
+    with pytest.raises(mesh_lib.MeshShapeError, match="16 devices but only 8"):
+        mesh_lib.resolve_mesh_shape(tiny_config(data=4, fsdp=4, tensor=1).mesh, 8)
+
+
+def test_adafactor_factored_moments_are_replicated_and_full_moments_follow_their_param():
+    """Shardings come from eval_shape alone (nothing allocated): an XXL state can be planned."""
+    config = tiny_config(data=2, fsdp=2, tensor=2)
+    config.optimizer = "adafactor"
+    config.model_overrides.update(d_model=128, d_ff=256)  # >= 128 on both sides: factored
+    program = step_lib.build_train_program(config, mesh_lib.make_mesh(config, jax.devices()))
+    shapes = program.abstract_state.opt_state[1][0]  # (clip, adafactor)[0]: FactoredState
+    shardings = program.state_shardings.opt_state[1][0]
+
+    def at(tree, *path):
+        for key in path:
+            tree = tree[key]
+        return tree.get_value()
+
+    mlp = ("encoder", "layers", 0, "mlp", "wi_0")  # (embed 128, mlp 256)
+    norm = ("encoder", "final_norm", "scale")  # (embed 128,): too small to factor
+    assert at(program.state_shardings.params, *mlp).spec == P("fsdp", "tensor")
+    assert at(shapes.v_row, *mlp).shape == (128,) and at(shapes.v_col, *mlp).shape == (256,)
+    assert at(shardings.v_row, *mlp).spec == P() and at(shardings.v_col, *mlp).spec == P()
+    assert at(shapes.v, *norm).shape == (128,)
+    assert at(shardings.v, *norm).spec == P("fsdp")  # an unfactored moment mirrors its param
+    assert program.state_shardings.step.spec == P()
+
+
+def test_a_single_process_needs_no_distributed_initialisation(monkeypatch):
+    for name in ("SBSD_COORDINATOR", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                 "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert mesh_lib.maybe_initialize_distributed(tiny_config()) is False
+    config = tiny_config()
+    config.distributed.coordinator_address = "10.0.0.1:1234"
+    with pytest.raises(ValueError, match="needs the number of processes"):
+        mesh_lib.maybe_initialize_distributed(config)
