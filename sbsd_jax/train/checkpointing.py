@@ -254,8 +254,11 @@ def read_state_arrays(step_directory: str | os.PathLike[str]) -> dict[str, np.nd
     For inspection and comparisons on one host (no target shardings needed).
     """
     path = os.path.join(os.path.abspath(os.fspath(step_directory)), STATE_ITEM)
-    with ocp.StandardCheckpointer() as reader:
-        tree = reader.restore(path)
+    # A checkpoint written by several processes names devices this process lacks: read every
+    # array onto one local device instead of the saved sharding.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+        tree = reader.restore(path, args=ocp.args.StandardRestore(fallback_sharding=local))
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {
         "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path): np.asarray(leaf)

@@ -116,6 +116,13 @@ def _launcher_started_several_processes() -> bool:
     )
 
 
+def _use_gloo_on_cpu() -> None:
+    """CPU-only processes need gloo for cross-process collectives (the default has none)."""
+    platforms = [p for p in (jax.config.jax_platforms or "").split(",") if p]
+    if platforms == ["cpu"]:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
 def maybe_initialize_distributed(config: ml_collections.ConfigDict | None = None) -> bool:
     """Calls jax.distributed.initialize when this process is part of a multi-process job.
 
@@ -146,8 +153,10 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict | None = None
             )
         if num_processes == 1 and mode == "auto":
             return False
+        _use_gloo_on_cpu()
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
     elif mode == "on" or _on_cloud_tpu_vm() or _launcher_started_several_processes():
+        _use_gloo_on_cpu()
         jax.distributed.initialize()
     else:
         return False

@@ -1,0 +1,225 @@
+r"""The paper's sweeps: one run per (model, training fraction, method), then a results table.
+
+  python -m sbsd_jax.experiments.sweep --config=configs/cqa.py --workdir_root=DIR \
+      --models=t5_v1_1_small,t5_v1_1_base --fractions=0.125,0.25,0.5,1.0 \
+      --methods=standard,step_by_step [--dry_run] [--override=alpha=0.3 ...]
+
+Every cell uses the same subsampling seed (config.subsample_seed), so cells with equal fractions
+see the same examples. Each cell has its own workdir, DIR/<model>/frac_<f>/<method>; a cell whose
+metrics.jsonl already holds a test accuracy at the final step is skipped, and an interrupted one
+resumes from its checkpoints. --dry_run prints one `python -m sbsd_jax.main` command per cell
+(for a cluster) and runs nothing. The table goes to DIR/results.md and DIR/results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+from absl import app, flags
+
+from sbsd_jax.train.metric_writers import read_metrics
+
+
+def _define_flags() -> None:
+    """The command line, defined only when run as a program: importing this module (tests,
+    notebooks) must not claim flag names such as --config that other tools also use."""
+    flags.DEFINE_string("config", None, "Experiment config file, e.g. configs/cqa.py.")
+    flags.DEFINE_string("workdir_root", None, "One workdir per cell goes under here.")
+    flags.DEFINE_list("models", ["t5_v1_1_base"], "Student models (MODEL_NAMES).")
+    flags.DEFINE_list("fractions", ["1.0"], "Training fractions (config.train_fraction).")
+    flags.DEFINE_list("methods", ["standard", "step_by_step"], "config.method values.")
+    flags.DEFINE_multi_string(
+        "override", [], "field=value applied to every cell, as --config.field=value."
+    )
+    flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+    flags.mark_flags_as_required(["config", "workdir_root"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the sweep."""
+
+    model: str
+    fraction: float
+    method: str
+
+    def workdir(self, root: str) -> str:
+        return os.path.join(root, self.model, f"frac_{self.fraction:g}", self.method)
+
+
+def expand_grid(
+    models: Sequence[str], fractions: Sequence[float | str], methods: Sequence[str]
+) -> list[Cell]:
+    """Every (model, fraction, method), models outermost; fractions must lie in (0, 1]."""
+    parsed = []
+    for text in fractions:
+        fraction = float(text)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"--fractions: {text!r} is not in (0, 1]")
+        parsed.append(fraction)
+    return [Cell(m, f, k) for m, f, k in itertools.product(models, parsed, methods)]
+
+
+def cell_overrides(cell: Cell) -> dict[str, str]:
+    return {"model": cell.model, "train_fraction": f"{cell.fraction:g}", "method": cell.method}
+
+
+def command_for(
+    cell: Cell, config_path: str, workdir_root: str, overrides: Mapping[str, str] = {}
+) -> list[str]:
+    """The `python -m sbsd_jax.main` argv that trains the cell (what --dry_run prints)."""
+    argv = [
+        "python",
+        "-m",
+        "sbsd_jax.main",
+        f"--config={config_path}",
+        f"--workdir={cell.workdir(workdir_root)}",
+    ]
+    for field, value in {**overrides, **cell_overrides(cell)}.items():
+        argv.append(f"--config.{field}={value}")
+    return argv
+
+
+def final_test_accuracy(workdir: str, final_step: int | None = None) -> float | None:
+    """The last test accuracy in workdir/metrics.jsonl (at final_step, when given), else None."""
+    for row in reversed(read_metrics(workdir)):
+        if "test_accuracy" in row and (final_step is None or row["step"] >= final_step):
+            return float(row["test_accuracy"])
+    return None
+
+
+def is_finished(workdir: str, num_train_steps: int) -> bool:
+    """A run is done when its final step's test evaluation is in metrics.jsonl."""
+    return final_test_accuracy(workdir, num_train_steps) is not None
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    parsed = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            raise ValueError(f"--override: expected field=value, got {pair!r}")
+        parsed[field] = value
+    return parsed
+
+
+def _set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+    """Sets config.a.b from text, typed like the field's current value."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    current = node[leaf]
+    if isinstance(current, bool):
+        value: object = text.lower() in ("1", "true", "yes")
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        value = type(current)(float(text)) if isinstance(current, int) else float(text)
+    else:
+        value = text
+    node[leaf] = value
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("sbsd_sweep_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"--config: cannot load {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def cell_config(
+    base: ml_collections.ConfigDict, cell: Cell, overrides: Mapping[str, str]
+) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(base.to_dict())
+    for field, value in {**overrides, **cell_overrides(cell)}.items():
+        _set_field(config, field, value)
+    return config
+
+
+def results_table(results: Sequence[tuple[Cell, float | None]]) -> str:
+    """Markdown: one row per (model, fraction), one column per method, test accuracy in %."""
+    methods = list(dict.fromkeys(cell.method for cell, _ in results))
+    rows: dict[tuple[str, float], dict[str, float | None]] = {}
+    for cell, accuracy in results:
+        rows.setdefault((cell.model, cell.fraction), {})[cell.method] = accuracy
+    lines = [
+        "| model | train fraction | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for (model, fraction), by_method in rows.items():
+        cells = [
+            "n/a" if by_method.get(m) is None else f"{100 * by_method[m]:.1f}" for m in methods
+        ]
+        lines.append(f"| {model} | {fraction:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(workdir_root: str, results: Sequence[tuple[Cell, float | None]]) -> str:
+    """DIR/results.md and DIR/results.json; returns the markdown."""
+    os.makedirs(workdir_root, exist_ok=True)
+    table = results_table(results)
+    with open(os.path.join(workdir_root, "results.md"), "w") as handle:
+        handle.write("Test accuracy (%)\n\n" + table + "\n")
+    payload = [
+        {**dataclasses.asdict(cell), "workdir": cell.workdir(workdir_root), "test_accuracy": acc}
+        for cell, acc in results
+    ]
+    with open(os.path.join(workdir_root, "results.json"), "w") as handle:
+        json.dump(payload, handle, indent=2)
+    return table
+
+
+def run_sweep(
+    config_path: str,
+    workdir_root: str,
+    cells: Sequence[Cell],
+    overrides: Mapping[str, str],
+) -> list[tuple[Cell, float | None]]:
+    """Trains the unfinished cells one after another in this process; returns the accuracies."""
+    from sbsd_jax.train.loop import train_and_evaluate
+
+    base = load_config(config_path)
+    results = []
+    for cell in cells:
+        config = cell_config(base, cell, overrides)
+        workdir = cell.workdir(workdir_root)
+        if is_finished(workdir, int(config.num_train_steps)):
+            print(f"skip (finished): {workdir}", flush=True)
+        else:
+            print(f"run: {workdir}", flush=True)
+            train_and_evaluate(config, workdir)
+        results.append((cell, final_test_accuracy(workdir, int(config.num_train_steps))))
+    return results
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    args = flags.FLAGS
+    try:
+        cells = expand_grid(args.models, args.fractions, args.methods)
+        overrides = parse_overrides(args.override)
+    except ValueError as error:
+        print(f"sbsd_jax.experiments.sweep: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for cell in cells:
+            print(shlex.join(command_for(cell, args.config, args.workdir_root, overrides)))
+        return 0
+    results = run_sweep(args.config, args.workdir_root, cells, overrides)
+    print(write_results(args.workdir_root, results))
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

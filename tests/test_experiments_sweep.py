@@ -1,0 +1,107 @@
+"""The sweep's grid, dry-run commands, skipping of finished cells and results table.
+
+Finished runs are faked by writing metrics.jsonl; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from sbsd_jax.experiments import sweep
+from sbsd_jax.experiments.sweep import Cell
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def fake_finished_run(workdir: str, step: int, accuracy: float) -> None:
+    path = pathlib.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": step, "train_loss": 1.0}, {"step": step, "test_accuracy": accuracy}]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_grid_is_every_model_fraction_method_models_outermost() -> None:
+    cells = sweep.expand_grid(["s", "b"], ["0.5", "1"], ["standard", "step_by_step"])
+    assert len(cells) == 8
+    assert cells[0] == Cell("s", 0.5, "standard")
+    assert cells[-1] == Cell("b", 1.0, "step_by_step")
+
+
+def test_fraction_outside_unit_interval_is_rejected() -> None:
+    with pytest.raises(ValueError, match="1.5"):
+        sweep.expand_grid(["s"], ["1.5"], ["standard"])
+
+
+def test_each_cell_has_its_own_workdir_and_command() -> None:
+    cell = Cell("t5_v1_1_small", 0.125, "step_by_step")
+    assert cell.workdir("/r") == "/r/t5_v1_1_small/frac_0.125/step_by_step"
+    argv = sweep.command_for(cell, "configs/cqa.py", "/r", {"alpha": "0.3"})
+    assert argv[:4] == ["python", "-m", "sbsd_jax.main", "--config=configs/cqa.py"]
+    assert "--workdir=/r/t5_v1_1_small/frac_0.125/step_by_step" in argv
+    assert "--config.train_fraction=0.125" in argv
+    assert "--config.method=step_by_step" in argv
+    assert "--config.alpha=0.3" in argv
+
+
+def test_cell_config_sets_model_fraction_method_and_typed_overrides() -> None:
+    base = sweep.load_config(str(REPO / "configs" / "cqa.py"))
+    config = sweep.cell_config(
+        base, Cell("t5_v1_1_small", 0.25, "standard"), {"alpha": "0.3", "num_train_steps": "7"}
+    )
+    assert (config.model, config.train_fraction, config.method) == ("t5_v1_1_small", 0.25,
+                                                                     "standard")
+    assert config.alpha == 0.3 and config.num_train_steps == 7
+    assert config.subsample_seed == base.subsample_seed  # same examples in every cell
+
+
+def test_finished_means_test_accuracy_at_the_final_step(tmp_path: pathlib.Path) -> None:
+    fake_finished_run(str(tmp_path / "done"), step=100, accuracy=0.5)
+    fake_finished_run(str(tmp_path / "halfway"), step=50, accuracy=0.4)
+    assert sweep.is_finished(str(tmp_path / "done"), 100)
+    assert not sweep.is_finished(str(tmp_path / "halfway"), 100)
+    assert not sweep.is_finished(str(tmp_path / "missing"), 100)
+
+
+def test_finished_cells_are_skipped_and_tabulated(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cells = sweep.expand_grid(["m"], ["0.5", "1.0"], ["standard", "step_by_step"])
+    for index, cell in enumerate(cells):
+        fake_finished_run(cell.workdir(str(tmp_path)), step=10_000, accuracy=0.1 * (index + 1))
+
+    def must_not_train(config, workdir):
+        raise AssertionError(f"trained a finished cell: {workdir}")
+
+    monkeypatch.setattr("sbsd_jax.train.loop.train_and_evaluate", must_not_train)
+    results = sweep.run_sweep(str(REPO / "configs" / "cqa.py"), str(tmp_path), cells, {})
+    table = sweep.write_results(str(tmp_path), results)
+    assert table.splitlines()[0] == "| model | train fraction | standard | step_by_step |"
+    assert "| m | 0.5 | 10.0 | 20.0 |" in table
+    assert "| m | 1 | 30.0 | 40.0 |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [row["test_accuracy"] for row in saved] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert (tmp_path / "results.md").read_text().startswith("Test accuracy")
+
+
+def test_missing_result_shows_as_na() -> None:
+    table = sweep.results_table([(Cell("m", 1.0, "standard"), None)])
+    assert "| m | 1 | n/a |" in table
+
+
+def test_dry_run_prints_one_command_per_cell_and_trains_nothing(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.experiments.sweep", "--config=configs/cqa.py",
+         f"--workdir_root={tmp_path}", "--models=t5_v1_1_small,t5_v1_1_base",
+         "--fractions=0.125,0.25,0.5,1.0", "--methods=standard,step_by_step", "--dry_run"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line for line in result.stdout.splitlines() if line.startswith("python -m")]
+    assert len(commands) == 16
+    assert all("sbsd_jax.main --config=configs/cqa.py" in c for c in commands)
+    assert not any(tmp_path.iterdir())
