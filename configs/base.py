@@ -37,11 +37,19 @@ def get_config() -> ml_collections.ConfigDict:
     # T5Config fields to override (None = the named model's value), e.g.
     # --config.model_overrides.dropout_rate=0.0 or .vocab_size=384 for a byte vocabulary.
     config.model_overrides = ml_collections.ConfigDict()
-    for field, kind in (("dropout_rate", float), ("vocab_size", int), ("d_model", int),
-                        ("d_kv", int), ("d_ff", int), ("num_heads", int),
-                        ("num_encoder_layers", int), ("num_decoder_layers", int),
-                        ("feed_forward", str), ("tie_word_embeddings", bool),
-                        ("layer_norm_epsilon", float)):
+    for field, kind in (
+        ("dropout_rate", float),
+        ("vocab_size", int),
+        ("d_model", int),
+        ("d_kv", int),
+        ("d_ff", int),
+        ("num_heads", int),
+        ("num_encoder_layers", int),
+        ("num_decoder_layers", int),
+        ("feed_forward", str),
+        ("tie_word_embeddings", bool),
+        ("layer_norm_epsilon", float),
+    ):
         config.model_overrides[field] = config_dict.placeholder(kind)
     config.init_checkpoint = ""  # Hugging Face T5 directory or hub id to start from ('' = scratch)
     config.compute_dtype = "auto"  # auto (bfloat16 on TPU/GPU, float32 on CPU) | bfloat16 | float32

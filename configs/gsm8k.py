@@ -6,23 +6,13 @@ Run: `python -m sbsd_jax.main --config=configs/gsm8k.py --workdir=/tmp/gsm8k`
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _base_config() -> ml_collections.ConfigDict:
-    """base.py next to this file, loaded by path so the config works from any directory."""
-    path = pathlib.Path(__file__).with_name("base.py")
-    spec = importlib.util.spec_from_file_location("sbsd_configs_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from sbsd_jax.experiments.config_files import load_sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = load_sibling_config(__file__)
     config.dataset = "gsm8k"
     config.data_source = "hf"
     config.label_type = "gt"

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from sbsd_jax.experiments import sweep
+from sbsd_jax.experiments.config_files import load_config_file
 from sbsd_jax.experiments.sweep import Cell
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -49,12 +50,15 @@ def test_each_cell_has_its_own_workdir_and_command() -> None:
 
 
 def test_cell_config_sets_model_fraction_method_and_typed_overrides() -> None:
-    base = sweep.load_config(str(REPO / "configs" / "cqa.py"))
+    base = load_config_file(str(REPO / "configs" / "cqa.py"))
     config = sweep.cell_config(
         base, Cell("t5_v1_1_small", 0.25, "standard"), {"alpha": "0.3", "num_train_steps": "7"}
     )
-    assert (config.model, config.train_fraction, config.method) == ("t5_v1_1_small", 0.25,
-                                                                     "standard")
+    assert (config.model, config.train_fraction, config.method) == (
+        "t5_v1_1_small",
+        0.25,
+        "standard",
+    )
     assert config.alpha == 0.3 and config.num_train_steps == 7
     assert config.subsample_seed == base.subsample_seed  # same examples in every cell
 
@@ -95,10 +99,21 @@ def test_missing_result_shows_as_na() -> None:
 
 def test_dry_run_prints_one_command_per_cell_and_trains_nothing(tmp_path: pathlib.Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sbsd_jax.experiments.sweep", "--config=configs/cqa.py",
-         f"--workdir_root={tmp_path}", "--models=t5_v1_1_small,t5_v1_1_base",
-         "--fractions=0.125,0.25,0.5,1.0", "--methods=standard,step_by_step", "--dry_run"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "sbsd_jax.experiments.sweep",
+            "--config=configs/cqa.py",
+            f"--workdir_root={tmp_path}",
+            "--models=t5_v1_1_small,t5_v1_1_base",
+            "--fractions=0.125,0.25,0.5,1.0",
+            "--methods=standard,step_by_step",
+            "--dry_run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     commands = [line for line in result.stdout.splitlines() if line.startswith("python -m")]

@@ -15,7 +15,6 @@ The task is synthetic (generated here, with a rule-based teacher), not a benchma
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import time
@@ -25,6 +24,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from sbsd_jax.data.synthetic import SyntheticConfig, write_paper_layout
+from sbsd_jax.experiments.config_files import load_config_file
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 METHODS: tuple[str, ...] = ("standard", "step_by_step")
@@ -52,10 +52,7 @@ class DemoRow:
 
 
 def load_demo_config(path: os.PathLike[str] | str = DEMO_CONFIG) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("sbsd_configs_demo", str(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(path)
 
 
 def run_demo(

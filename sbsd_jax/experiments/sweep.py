@@ -14,7 +14,6 @@ resumes from its checkpoints. --dry_run prints one `python -m sbsd_jax.main` com
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 from absl import app, flags
 
+from sbsd_jax.experiments.config_files import load_config_file
 from sbsd_jax.train.metric_writers import read_metrics
 
 
@@ -127,15 +127,6 @@ def _set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> Non
     node[leaf] = value
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("sbsd_sweep_config", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"--config: cannot load {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def cell_config(
     base: ml_collections.ConfigDict, cell: Cell, overrides: Mapping[str, str]
 ) -> ml_collections.ConfigDict:
@@ -187,7 +178,7 @@ def run_sweep(
     """Trains the unfinished cells one after another in this process; returns the accuracies."""
     from sbsd_jax.train.loop import train_and_evaluate
 
-    base = load_config(config_path)
+    base = load_config_file(config_path)
     results = []
     for cell in cells:
         config = cell_config(base, cell, overrides)
