@@ -62,8 +62,13 @@ class MemoryReport:
     @property
     def total_bytes(self) -> int:
         """What must be resident at the peak: inputs, outputs not aliased to inputs, temps."""
-        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-                + self.generated_code_bytes)
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.generated_code_bytes
+        )
 
     @property
     def fits(self) -> bool | None:
@@ -81,8 +86,10 @@ class MemoryReport:
         lines = [f"{name:<38} {value / GIB:9.2f} GiB" for name, value in rows]
         if self.hbm_bytes is not None:
             verdict = "fits" if self.fits else "DOES NOT FIT"
-            lines.append(f"{'HBM per chip':<38} {self.hbm_bytes / GIB:9.2f} GiB  -> {verdict} "
-                         f"({100 * self.total_bytes / self.hbm_bytes:.0f}% used)")
+            lines.append(
+                f"{'HBM per chip':<38} {self.hbm_bytes / GIB:9.2f} GiB  -> {verdict} "
+                f"({100 * self.total_bytes / self.hbm_bytes:.0f}% used)"
+            )
         return "\n".join(lines)
 
 
@@ -121,9 +128,7 @@ def topology_devices(
         "num_slices": num_slices,
     }
     try:
-        description = topologies.get_topology_desc(
-            topology_name=topology, platform="tpu", **kwargs
-        )
+        description = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
     except Exception as error:  # libtpu missing or an unknown topology name
         raise RuntimeError(
             f"cannot describe TPU topology {topology!r} ({error}); is libtpu installed? "
@@ -206,20 +211,26 @@ def main(argv: list[str]) -> None:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
         # XLA's TPU compiler refuses a program whose temporaries alone exceed HBM.
-        print(f"topology {_TOPOLOGY.value}: {config.model} DOES NOT FIT with mesh "
-              f"{config.mesh.to_dict()}, remat {config.remat_policy}:\n  {error}")
+        print(
+            f"topology {_TOPOLOGY.value}: {config.model} DOES NOT FIT with mesh "
+            f"{config.mesh.to_dict()}, remat {config.remat_policy}:\n  {error}"
+        )
         sys.exit(1)
     seconds = time.perf_counter() - start
     report = memory_report(compiled, hbm_bytes_for(devices[0].device_kind, _TOPOLOGY.value))
     mesh = dict(program.mesh.shape)
     params = sum(x.size for x in jax.tree.leaves(program.abstract_state.params))
-    print(f"topology {_TOPOLOGY.value} x{_NUM_SLICES.value}: {len(devices)} x "
-          f"{devices[0].device_kind}; mesh {mesh}")
-    print(f"model {config.model} ({params / 1e9:.2f}B params, {program.model_config.dtype} "
-          f"compute, remat {program.model_config.remat_policy}, scan {config.scan_layers}); "
-          f"optimizer {config.optimizer}; method {config.method}; batch {config.batch_size} x "
-          f"accum {config.grad_accum_steps}; input {config.max_input_length}, target "
-          f"{config.max_target_length}")
+    print(
+        f"topology {_TOPOLOGY.value} x{_NUM_SLICES.value}: {len(devices)} x "
+        f"{devices[0].device_kind}; mesh {mesh}"
+    )
+    print(
+        f"model {config.model} ({params / 1e9:.2f}B params, {program.model_config.dtype} "
+        f"compute, remat {program.model_config.remat_policy}, scan {config.scan_layers}); "
+        f"optimizer {config.optimizer}; method {config.method}; batch {config.batch_size} x "
+        f"accum {config.grad_accum_steps}; input {config.max_input_length}, target "
+        f"{config.max_target_length}"
+    )
     print(f"compiled in {seconds:.1f} s")
     print(report.table())
     if report.fits is False:

@@ -177,15 +177,17 @@ class FakeTeacherServer:
                     text = text.split(stop)[0]
             if chat:
                 choices.append(
-                    {"index": index, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
                 )
             else:
                 choices.append({"index": index, "text": text, "finish_reason": "stop"})
         prompt_tokens = len(json.dumps(body.get("prompt", body.get("messages", ""))).split())
         completion_tokens = sum(
-            len((c.get("text") or c.get("message", {}).get("content", "")).split())
-            for c in choices
+            len((c.get("text") or c.get("message", {}).get("content", "")).split()) for c in choices
         )
         return {
             "id": "cmpl-fake",
@@ -224,8 +226,9 @@ class FakeTeacherServer:
                 question = question_of(body)
                 with server._lock:
                     server.requests.append(
-                        RecordedRequest(self.path, dict(self.headers.items()), body, question,
-                                        time.monotonic())
+                        RecordedRequest(
+                            self.path, dict(self.headers.items()), body, question, time.monotonic()
+                        )
                     )
                 if not self.path.endswith(("/completions", "/chat/completions")):
                     self._send_json(404, {"error": {"message": f"no route {self.path}"}})

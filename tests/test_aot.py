@@ -26,8 +26,7 @@ def tiny_config() -> ml_collections.ConfigDict:
     config = module.get_config()
     config.model = "t5_v1_1_tiny"
     config.model_overrides.update(
-        {"dropout_rate": 0.0, "vocab_size": 512, "num_encoder_layers": 1,
-         "num_decoder_layers": 1}
+        {"dropout_rate": 0.0, "vocab_size": 512, "num_encoder_layers": 1, "num_decoder_layers": 1}
     )
     config.batch_size, config.eval_batch_size = 4, 4
     config.max_input_length, config.max_target_length = 32, 16
@@ -36,9 +35,14 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 
 def test_memory_total_counts_outputs_aliased_to_donated_inputs_once():
-    report = aot.MemoryReport(argument_bytes=10 * GIB, output_bytes=9 * GIB,
-                              alias_bytes=9 * GIB, temp_bytes=4 * GIB,
-                              generated_code_bytes=0, hbm_bytes=16 * GIB)
+    report = aot.MemoryReport(
+        argument_bytes=10 * GIB,
+        output_bytes=9 * GIB,
+        alias_bytes=9 * GIB,
+        temp_bytes=4 * GIB,
+        generated_code_bytes=0,
+        hbm_bytes=16 * GIB,
+    )
     assert report.total_bytes == 14 * GIB
     assert report.fits
     assert "fits (88% used)" in report.table()
@@ -48,8 +52,14 @@ def test_memory_total_counts_outputs_aliased_to_donated_inputs_once():
 
 @pytest.mark.parametrize(
     "device_kind, topology, gib",
-    [("TPU v4", "v4:2x2x4", 32), ("TPU v5 lite", "v5e:2x4", 16), ("TPU v5", "v5p:2x2x2", 95),
-     ("TPU v6 lite", "v6e:2x2", 32), ("TPU v9", "v6e:4x4", 32), ("TPU v9", "v9:1x1", None)],
+    [
+        ("TPU v4", "v4:2x2x4", 32),
+        ("TPU v5 lite", "v5e:2x4", 16),
+        ("TPU v5", "v5p:2x2x2", 95),
+        ("TPU v6 lite", "v6e:2x2", 32),
+        ("TPU v9", "v6e:4x4", 32),
+        ("TPU v9", "v9:1x1", None),
+    ],
 )
 def test_hbm_per_chip_by_device_kind_or_topology_name(device_kind, topology, gib):
     expected = None if gib is None else gib * GIB

@@ -44,7 +44,10 @@ def test_every_experiment_config_has_the_paper_recipe_and_validates(name):
     assert (config.max_input_length, config.max_target_length) == (1024, 256)
     assert (config.num_train_steps, config.eval_every, config.alpha) == (10_000, 250, 0.5)
     assert (config.model, config.method, config.grad_clip_norm) == (
-        "t5_v1_1_base", "step_by_step", 1.0)
+        "t5_v1_1_base",
+        "step_by_step",
+        1.0,
+    )
     if name == "jsonl":
         config.data_dir = "/data/mine"
     for devices in (1, 8):
@@ -131,8 +134,11 @@ def test_mesh_with_two_fill_axes_or_an_indivisible_fill():
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("method", "distill", "config.method='distill': unknown; choose one of standard, "
-                              "step_by_step, cot"),
+        (
+            "method",
+            "distill",
+            "config.method='distill': unknown; choose one of standard, step_by_step, cot",
+        ),
         ("optimizer", "sgd", "config.optimizer='sgd': unknown; choose one of adamw, adafactor"),
         ("dataset", "mnist", "config.dataset='mnist': unknown; choose one of cqa"),
         ("lr_schedule", "cyclic", "config.lr_schedule='cyclic': unknown"),

@@ -14,10 +14,26 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def test_table_lists_each_method_with_its_files() -> None:
     rows = [
-        DemoRow("standard", 0.25, 64, 4, 12.0, "/w/standard", "/w/standard/metrics.jsonl",
-                "/w/standard/predictions"),
-        DemoRow("step_by_step", None, 64, 4, 15.0, "/w/sbs", "/w/sbs/metrics.jsonl",
-                "/w/sbs/predictions"),
+        DemoRow(
+            "standard",
+            0.25,
+            64,
+            4,
+            12.0,
+            "/w/standard",
+            "/w/standard/metrics.jsonl",
+            "/w/standard/predictions",
+        ),
+        DemoRow(
+            "step_by_step",
+            None,
+            64,
+            4,
+            15.0,
+            "/w/sbs",
+            "/w/sbs/metrics.jsonl",
+            "/w/sbs/predictions",
+        ),
     ]
     table = format_table(rows)
     assert "| standard | 25.0% | 64 | 4 | 12 s |" in table
@@ -30,9 +46,21 @@ def test_demo_end_to_end_writes_data_runs_both_methods_and_prints_table(
 ) -> None:
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     result = subprocess.run(
-        [sys.executable, "-m", "sbsd_jax.experiments.demo", f"--workdir={tmp_path}",
-         "--num_train=40", "--num_test=8", "--steps=2", "--batch_size=4"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "sbsd_jax.experiments.demo",
+            f"--workdir={tmp_path}",
+            "--num_train=40",
+            "--num_test=8",
+            "--steps=2",
+            "--batch_size=4",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

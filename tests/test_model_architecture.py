@@ -135,31 +135,42 @@ def test_two_sequences_packed_in_one_row_match_each_alone(v1_1_params: dict) -> 
 
     enc_tokens, enc_segments, enc_positions = pack(inputs, 16, shift=False)
     dec_tokens, dec_segments, dec_positions = pack(targets, 12, shift=True)
-    packed_encoded = encode(model, jnp.asarray(enc_tokens),
-                                  encoder_segment_ids=jnp.asarray(enc_segments),
-                                  encoder_positions=jnp.asarray(enc_positions))
-    packed_logits = forward(model, jnp.asarray(enc_tokens), jnp.asarray(dec_tokens),
-                            encoder_segment_ids=jnp.asarray(enc_segments),
-                            decoder_segment_ids=jnp.asarray(dec_segments),
-                            encoder_positions=jnp.asarray(enc_positions),
-                            decoder_positions=jnp.asarray(dec_positions))
+    packed_encoded = encode(
+        model,
+        jnp.asarray(enc_tokens),
+        encoder_segment_ids=jnp.asarray(enc_segments),
+        encoder_positions=jnp.asarray(enc_positions),
+    )
+    packed_logits = forward(
+        model,
+        jnp.asarray(enc_tokens),
+        jnp.asarray(dec_tokens),
+        encoder_segment_ids=jnp.asarray(enc_segments),
+        decoder_segment_ids=jnp.asarray(dec_segments),
+        encoder_positions=jnp.asarray(enc_positions),
+        decoder_positions=jnp.asarray(dec_positions),
+    )
     # Each sequence alone, one per row, padded to the packed lengths (padding is masked by id).
     alone_encoder = np.zeros((2, 16), np.int32)
     alone_decoder = np.zeros((2, 12), np.int32)
     for row, (source, target) in enumerate(zip(inputs, targets, strict=True)):
-        alone_encoder[row, :len(source)] = source
-        alone_decoder[row, 1:len(target)] = target[:-1]
+        alone_encoder[row, : len(source)] = source
+        alone_decoder[row, 1 : len(target)] = target[:-1]
     alone_encoded = encode(model, jnp.asarray(alone_encoder))
     alone_logits = forward(model, jnp.asarray(alone_encoder), jnp.asarray(alone_decoder))
 
     enc_start = dec_start = 0
     for row, (source, target) in enumerate(zip(inputs, targets, strict=True)):
         np.testing.assert_allclose(
-            np.asarray(packed_encoded[0, enc_start:enc_start + len(source)]),
-            np.asarray(alone_encoded[row, :len(source)]), atol=1e-5)
+            np.asarray(packed_encoded[0, enc_start : enc_start + len(source)]),
+            np.asarray(alone_encoded[row, : len(source)]),
+            atol=1e-5,
+        )
         np.testing.assert_allclose(
-            np.asarray(packed_logits[0, dec_start:dec_start + len(target)]),
-            np.asarray(alone_logits[row, :len(target)]), atol=1e-5)
+            np.asarray(packed_logits[0, dec_start : dec_start + len(target)]),
+            np.asarray(alone_logits[row, : len(target)]),
+            atol=1e-5,
+        )
         enc_start += len(source)
         dec_start += len(target)
 
@@ -170,11 +181,17 @@ def plain_logits_and_grads(v1_1_params: dict) -> tuple[np.ndarray, dict]:
     return np.asarray(logits), params_from_state(grads, tiny())
 
 
-@pytest.mark.parametrize("scan_layers,remat_policy", [
-    (True, "none"), (False, "full"), (True, "dots_saveable"),
-])
-def test_scan_and_remat_give_the_plain_model_numbers(v1_1_params: dict, plain_logits_and_grads,
-                                                     scan_layers: bool, remat_policy: str) -> None:
+@pytest.mark.parametrize(
+    "scan_layers,remat_policy",
+    [
+        (True, "none"),
+        (False, "full"),
+        (True, "dots_saveable"),
+    ],
+)
+def test_scan_and_remat_give_the_plain_model_numbers(
+    v1_1_params: dict, plain_logits_and_grads, scan_layers: bool, remat_policy: str
+) -> None:
     config = tiny(scan_layers=scan_layers, remat_policy=remat_policy)
     logits, grads = logits_and_grads(model_with(config, v1_1_params), *batch())
     plain_logits, plain_grads = plain_logits_and_grads
@@ -197,8 +214,9 @@ def test_dropout_is_a_pure_function_of_the_call_rngs(v1_1_params: dict) -> None:
         model(encoder, decoder, deterministic=False)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_logits(v1_1_params: dict,
-                                                          plain_logits_and_grads) -> None:
+def test_bfloat16_compute_keeps_float32_params_and_logits(
+    v1_1_params: dict, plain_logits_and_grads
+) -> None:
     model = model_with(tiny(dtype="bfloat16"), v1_1_params)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
     logits = forward(model, *batch())

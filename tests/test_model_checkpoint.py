@@ -26,9 +26,16 @@ def make_hf_checkpoint(directory: Path, *, version: str) -> Path:
     torch.manual_seed(0)
     gated = version == "v1_1"
     config = transformers.T5Config(
-        vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=3,
-        num_heads=4, feed_forward_proj="gated-gelu" if gated else "relu",
-        tie_word_embeddings=not gated)
+        vocab_size=64,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=not gated,
+    )
     model = transformers.T5ForConditionalGeneration(config)
     if gated:
         model.lm_head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -49,8 +56,9 @@ def tensors(directory: Path) -> dict[str, np.ndarray]:
 def rewrite_tensors(directory: Path, change) -> None:
     values = tensors(directory)
     change(values)
-    safetensors.numpy.save_file(values, str(directory / "model.safetensors"),
-                                metadata={"format": "pt"})
+    safetensors.numpy.save_file(
+        values, str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
 
 
 def rewrite_config(directory: Path, **fields) -> None:
@@ -72,8 +80,9 @@ def test_round_trip_is_bit_exact(checkpoint: Path, tmp_path: Path, scan_layers: 
     assert (out / "spiece.model").read_bytes() == spm.read_bytes()
 
 
-def test_transformers_loads_our_export_with_the_same_weights(checkpoint: Path,
-                                                             tmp_path: Path) -> None:
+def test_transformers_loads_our_export_with_the_same_weights(
+    checkpoint: Path, tmp_path: Path
+) -> None:
     model, spm = load_hf_t5_model(checkpoint)
     out = save_hf_t5(model, model.config, tmp_path / "out", tokenizer_file=spm)
     reference = transformers.T5ForConditionalGeneration.from_pretrained(checkpoint)
@@ -113,8 +122,12 @@ def test_wrong_shape_is_named(checkpoint: Path) -> None:
 
 
 def test_unexpected_tensor_is_named(checkpoint: Path) -> None:
-    rewrite_tensors(checkpoint, lambda values: values.update(
-        {"encoder.block.9.layer.0.layer_norm.weight": np.ones(16, np.float32)}))
+    rewrite_tensors(
+        checkpoint,
+        lambda values: values.update(
+            {"encoder.block.9.layer.0.layer_norm.weight": np.ones(16, np.float32)}
+        ),
+    )
     with pytest.raises(CheckpointError, match="encoder.block.9.layer.0.layer_norm.weight"):
         load_hf_t5(checkpoint)
 
@@ -148,26 +161,35 @@ def test_pytorch_bin_checkpoints_load_like_safetensors(checkpoint: Path, tmp_pat
     as_bin = tmp_path / "bin"
     shutil.copytree(checkpoint, as_bin)
     (as_bin / "model.safetensors").unlink()
-    state_dict = {name: torch.from_numpy(value.copy())
-                  for name, value in tensors(checkpoint).items()}
+    state_dict = {
+        name: torch.from_numpy(value.copy()) for name, value in tensors(checkpoint).items()
+    }
     torch.save(state_dict, as_bin / "pytorch_model.bin")
     _, from_bin, _ = load_hf_t5(as_bin)
     _, from_safetensors, _ = load_hf_t5(checkpoint)
-    for (path, a), (_, b) in zip(nnx.to_flat_state(from_bin),
-                                 nnx.to_flat_state(from_safetensors), strict=True):
-        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
-                                      err_msg=str(path))
+    for (path, a), (_, b) in zip(
+        nnx.to_flat_state(from_bin), nnx.to_flat_state(from_safetensors), strict=True
+    ):
+        np.testing.assert_array_equal(
+            np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path)
+        )
 
 
-def test_transformers5_tied_unscaled_v1_1_save_imports_with_the_same_logits(
-        tmp_path: Path) -> None:
+def test_transformers5_tied_unscaled_v1_1_save_imports_with_the_same_logits(tmp_path: Path) -> None:
     """transformers 5 ties a freshly built v1.1 head to `shared` (without the v1.0 rescale)."""
     import jax.numpy as jnp
 
     torch.manual_seed(1)
-    config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2,
-                                   num_heads=4, feed_forward_proj="gated-gelu",
-                                   tie_word_embeddings=False)
+    config = transformers.T5Config(
+        vocab_size=64,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    )
     reference = transformers.T5ForConditionalGeneration(config).eval()
     reference.save_pretrained(tmp_path)
     assert "lm_head.weight" not in tensors(tmp_path)
@@ -187,10 +209,10 @@ def test_a_local_path_that_does_not_exist_is_not_sent_to_the_hub(tmp_path: Path)
 
 def test_sharded_safetensors_checkpoints_load(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2,
-                                   num_heads=4)
-    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path,
-                                                                    max_shard_size="8KB")
+    config = transformers.T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4
+    )
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path, max_shard_size="8KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     loaded_config, state, _ = load_hf_t5(tmp_path)
     assert loaded_config.d_model == 16 and loaded_config.tie_word_embeddings
@@ -208,6 +230,7 @@ def test_our_scanned_params_survive_export_and_import(tmp_path: Path) -> None:
     save_hf_t5(nnx.to_pure_dict(params), config, tmp_path)  # a pure dict works too
     loaded_config, loaded, _ = load_hf_t5(tmp_path, scan_layers=True)
     assert loaded_config == config
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
-                        nnx.to_pure_dict(params), nnx.to_pure_dict(loaded))
+    same = jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)), nnx.to_pure_dict(params), nnx.to_pure_dict(loaded)
+    )
     assert all(jax.tree.leaves(same))

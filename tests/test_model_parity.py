@@ -22,9 +22,15 @@ from sbsd_jax.model.hf_checkpoint import load_hf_t5_model  # noqa: E402
 VOCAB = 100
 
 
-def make_hf_checkpoint(directory: Path, *, version: str, seed: int = 0, vocab_size: int = VOCAB,
-                       eos_boost: float = 0.0, num_decoder_layers: int = 3,
-                       ) -> transformers.T5ForConditionalGeneration:
+def make_hf_checkpoint(
+    directory: Path,
+    *,
+    version: str,
+    seed: int = 0,
+    vocab_size: int = VOCAB,
+    eos_boost: float = 0.0,
+    num_decoder_layers: int = 3,
+) -> transformers.T5ForConditionalGeneration:
     """A tiny random HF T5 (v1.0: ReLU + tied; v1.1: gated-GELU + own lm_head) saved to disk.
 
     Few buckets and a short max distance so the logarithmic buckets are exercised.
@@ -32,11 +38,19 @@ def make_hf_checkpoint(directory: Path, *, version: str, seed: int = 0, vocab_si
     torch.manual_seed(seed)
     gated = version == "v1_1"
     config = transformers.T5Config(
-        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
         num_decoder_layers=num_decoder_layers,
-        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=not gated,
-        decoder_start_token_id=0)
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=not gated,
+        decoder_start_token_id=0,
+    )
     model = transformers.T5ForConditionalGeneration(config).eval()
     if gated:  # published v1.1 checkpoints have their own LM head
         model.lm_head = torch.nn.Linear(config.d_model, vocab_size, bias=False)
@@ -73,10 +87,12 @@ def forward(model, encoder, decoder):
 
 def hf_forward(hf_model, encoder: np.ndarray, decoder: np.ndarray, labels=None):
     with torch.no_grad():
-        return hf_model(input_ids=torch.tensor(encoder),
-                        attention_mask=torch.tensor((encoder != 0).astype(np.int64)),
-                        decoder_input_ids=torch.tensor(decoder),
-                        labels=None if labels is None else torch.tensor(labels))
+        return hf_model(
+            input_ids=torch.tensor(encoder),
+            attention_mask=torch.tensor((encoder != 0).astype(np.int64)),
+            decoder_input_ids=torch.tensor(decoder),
+            labels=None if labels is None else torch.tensor(labels),
+        )
 
 
 def test_logits_match_hf_with_padding(pair) -> None:
@@ -103,12 +119,14 @@ def test_segment_ids_of_an_unpacked_batch_give_the_same_logits(pair) -> None:
     segments = (encoder != 0).astype(np.int32)
     positions = np.broadcast_to(np.arange(encoder.shape[1]), encoder.shape)
     with_segments = nnx.jit(lambda m, *a, **k: m(*a, **k))(
-                         ours, jnp.asarray(encoder), jnp.asarray(decoder),
-                         encoder_segment_ids=jnp.asarray(segments),
-                         encoder_positions=jnp.asarray(positions),
-                         decoder_segment_ids=jnp.ones(decoder.shape, jnp.int32),
-                         decoder_positions=jnp.asarray(
-                             np.broadcast_to(np.arange(decoder.shape[1]), decoder.shape)))
+        ours,
+        jnp.asarray(encoder),
+        jnp.asarray(decoder),
+        encoder_segment_ids=jnp.asarray(segments),
+        encoder_positions=jnp.asarray(positions),
+        decoder_segment_ids=jnp.ones(decoder.shape, jnp.int32),
+        decoder_positions=jnp.asarray(np.broadcast_to(np.arange(decoder.shape[1]), decoder.shape)),
+    )
     plain = forward(ours, jnp.asarray(encoder), jnp.asarray(decoder))
     np.testing.assert_allclose(np.asarray(with_segments), np.asarray(plain), atol=1e-5)
 
@@ -127,7 +145,8 @@ def test_token_cross_entropy_matches_hf_loss_with_ignored_labels(pair) -> None:
     logits = forward(ours, jnp.asarray(encoder), jnp.asarray(decoder))
     weights = jnp.asarray(labels != -100, jnp.float32)
     per_token = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.asarray(np.maximum(labels, 0)))
+        logits, jnp.asarray(np.maximum(labels, 0))
+    )
     loss = float(jnp.sum(per_token * weights) / jnp.sum(weights))
     assert abs(loss - expected) < 1e-5
 
@@ -139,20 +158,28 @@ def test_relative_position_buckets_equal_hf_for_every_distance() -> None:
     for bidirectional in (True, False):
         for num_buckets, max_distance in ((32, 128), (8, 20), (64, 256)):
             expected = T5Attention._relative_position_bucket(
-                torch.tensor(relative), bidirectional=bidirectional, num_buckets=num_buckets,
-                max_distance=max_distance).numpy()
+                torch.tensor(relative),
+                bidirectional=bidirectional,
+                num_buckets=num_buckets,
+                max_distance=max_distance,
+            ).numpy()
             ours = t5_module.relative_position_bucket(
-                jnp.asarray(relative, jnp.int32), bidirectional=bidirectional,
-                num_buckets=num_buckets, max_distance=max_distance)
+                jnp.asarray(relative, jnp.int32),
+                bidirectional=bidirectional,
+                num_buckets=num_buckets,
+                max_distance=max_distance,
+            )
             np.testing.assert_array_equal(np.asarray(ours), expected)
 
 
-@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4, 5], [0, 2, 3, 5]], ids=["some_never_stop",
-                                                                      "all_stop_early"])
+@pytest.mark.parametrize(
+    "rows", [[0, 1, 2, 3, 4, 5], [0, 2, 3, 5]], ids=["some_never_stop", "all_stop_early"]
+)
 def test_greedy_decode_equals_hf_generate_token_for_token(tmp_path: Path, rows: list[int]) -> None:
     # (transformers' generate cache needs num_decoder_layers == num_layers)
-    hf_model = make_hf_checkpoint(tmp_path, version="v1_1", seed=1, vocab_size=24, eos_boost=1.0,
-                                  num_decoder_layers=2)
+    hf_model = make_hf_checkpoint(
+        tmp_path, version="v1_1", seed=1, vocab_size=24, eos_boost=1.0, num_decoder_layers=2
+    )
     ours, _ = load_hf_t5_model(tmp_path)
     rng = np.random.default_rng(2)
     encoder = rng.integers(2, 24, (6, 12))
@@ -164,7 +191,9 @@ def test_greedy_decode_equals_hf_generate_token_for_token(tmp_path: Path, rows: 
         expected = hf_model.generate(
             input_ids=torch.tensor(encoder),
             attention_mask=torch.tensor((encoder != 0).astype(np.int64)),
-            do_sample=False, max_new_tokens=max_new).numpy()[:, 1:]  # drop the start token
+            do_sample=False,
+            max_new_tokens=max_new,
+        ).numpy()[:, 1:]  # drop the start token
     expected = np.pad(expected, ((0, 0), (0, max_new - expected.shape[1])))
     # The fixture must exercise rows that stop at different steps.
     eos_steps = {int(np.argmax(row == 1)) for row in expected if (row == 1).any()}
@@ -197,8 +226,9 @@ def test_greedy_decode_runs_inside_jit_on_graphdef_and_state(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_cached_decode_steps_reproduce_teacher_forced_logits(tmp_path: Path,
-                                                             scan_layers: bool) -> None:
+def test_cached_decode_steps_reproduce_teacher_forced_logits(
+    tmp_path: Path, scan_layers: bool
+) -> None:
     make_hf_checkpoint(tmp_path, version="v1_1")
     ours, _ = load_hf_t5_model(tmp_path, scan_layers=scan_layers)
     encoder, decoder = padded_batch()
@@ -217,5 +247,6 @@ def test_cached_decode_steps_reproduce_teacher_forced_logits(tmp_path: Path,
         _, step_logits = jax.lax.scan(step, cache, decoder.T)
         return jnp.swapaxes(step_logits, 0, 1)
 
-    np.testing.assert_allclose(np.asarray(run_cached(ours, encoder, decoder)),
-                               np.asarray(teacher_forced), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(run_cached(ours, encoder, decoder)), np.asarray(teacher_forced), atol=1e-5
+    )

@@ -14,8 +14,12 @@ from sbsd_jax.model.config import get_model_config
 from sbsd_jax.model.t5 import T5
 
 PARAM_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
-ACTIVATION_RULES = (("activation_batch", "fsdp"), ("activation_heads", "tensor"),
-                    ("activation_mlp", "tensor"), ("activation_vocab", "tensor"))
+ACTIVATION_RULES = (
+    ("activation_batch", "fsdp"),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +49,12 @@ def test_logical_param_specs_follow_the_rules_table() -> None:
     assert specs["shared"].get_value() == PartitionSpec("tensor", "fsdp")
     assert specs["lm_head"].get_value() == PartitionSpec("fsdp", "tensor")
     layers = specs["encoder"]["layers"]
-    assert layers["self_attention"]["query"].get_value() == PartitionSpec(None, "fsdp", "tensor",
-                                                                          None)
-    assert layers["self_attention"]["out"].get_value() == PartitionSpec(None, "tensor", None,
-                                                                        "fsdp")
+    assert layers["self_attention"]["query"].get_value() == PartitionSpec(
+        None, "fsdp", "tensor", None
+    )
+    assert layers["self_attention"]["out"].get_value() == PartitionSpec(
+        None, "tensor", None, "fsdp"
+    )
     assert layers["mlp"]["wi_0"].get_value() == PartitionSpec(None, "fsdp", "tensor")
     assert layers["mlp"]["wo"].get_value() == PartitionSpec(None, "tensor", "fsdp")
     assert layers["mlp_norm"]["scale"].get_value() == PartitionSpec(None, "fsdp")
@@ -85,10 +91,13 @@ def test_sharded_jitted_forward_matches_the_unsharded_one(mesh: Mesh, scan_layer
         with sharding.activation_rules(mesh, ACTIVATION_RULES):
             return nnx.merge(graphdef, state)(encoder, decoder)
 
-    logits = jax.jit(forward, out_shardings=NamedSharding(mesh, PartitionSpec("fsdp", None,
-                                                                             "tensor")))(
-        sharded_state, jax.device_put(encoder, batch_sharding),
-        jax.device_put(decoder, batch_sharding))
+    logits = jax.jit(
+        forward, out_shardings=NamedSharding(mesh, PartitionSpec("fsdp", None, "tensor"))
+    )(
+        sharded_state,
+        jax.device_put(encoder, batch_sharding),
+        jax.device_put(decoder, batch_sharding),
+    )
     assert logits.sharding.spec == PartitionSpec("fsdp", None, "tensor")
     wi = sharded_state["encoder"]["layers"]
     wi = wi["mlp"]["wi_0"] if scan_layers else wi[0]["mlp"]["wi_0"]

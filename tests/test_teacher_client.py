@@ -37,8 +37,14 @@ class RecordingSleep:
 
 
 def make_client(server, *, chat=False, timeout_s=2.0, retry=FAST_RETRY, api_key=None, sleep=None):
-    config = ClientConfig(server.base_url, "fake-teacher", api_key=api_key, chat=chat,
-                          timeout_s=timeout_s, retry=retry)
+    config = ClientConfig(
+        server.base_url,
+        "fake-teacher",
+        api_key=api_key,
+        chat=chat,
+        timeout_s=timeout_s,
+        retry=retry,
+    )
     return OpenAICompatibleClient(config, sleep=sleep or (lambda s: None), seed=0)
 
 
@@ -50,9 +56,15 @@ def test_completion_request_carries_model_prompt_and_sampling(server):
     assert result.usage.completion_tokens > 0 and result.usage.prompt_tokens > 0
     (request,) = server.requests
     assert request.path == "/v1/completions"
-    assert request.body == {"model": "fake-teacher", "prompt": "Q: What is 1 + 1?\nA:",
-                            "temperature": 0.7, "max_tokens": 64, "n": 1, "stop": ["\n\nQ:"],
-                            "seed": 3}
+    assert request.body == {
+        "model": "fake-teacher",
+        "prompt": "Q: What is 1 + 1?\nA:",
+        "temperature": 0.7,
+        "max_tokens": 64,
+        "n": 1,
+        "stop": ["\n\nQ:"],
+        "seed": 3,
+    }
 
 
 def test_chat_mode_posts_messages_to_chat_completions(server):
@@ -115,8 +127,9 @@ def test_a_timeout_is_retried(server):
 
 
 def test_429_waits_as_long_as_retry_after_says(server):
-    server.add_faults("busy", Fault.status_code(429, retry_after="7"),
-                      Fault.status_code(429, retry_after="0.5"))
+    server.add_faults(
+        "busy", Fault.status_code(429, retry_after="7"), Fault.status_code(429, retry_after="0.5")
+    )
     sleep = RecordingSleep()
     result = make_client(server, sleep=sleep).complete("Q: busy\nA:", SamplingParams())
     assert sleep.delays == [7.0, 0.5]

@@ -34,8 +34,10 @@ FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0
 
 
 def svamp_examples(count):
-    return [RawExample(f"svamp-train-{i}", f"What is {i} plus {i + 1}?",
-                       f"( {i}.0 + {i + 1}.0 )") for i in range(count)]
+    return [
+        RawExample(f"svamp-train-{i}", f"What is {i} plus {i + 1}?", f"( {i}.0 + {i + 1}.0 )")
+        for i in range(count)
+    ]
 
 
 def write_svamp_paper_layout(data_dir, examples):
@@ -55,8 +57,15 @@ def client_for(server, *, chat=False, timeout_s=2.0, model="fake-teacher"):
 
 
 def run_config(out_dir, dataset="svamp", **overrides):
-    defaults = dict(dataset=dataset, split="train", out_dir=str(out_dir), model="fake-teacher",
-                    concurrency=4, progress=False, chunk_size=4)
+    defaults = dict(
+        dataset=dataset,
+        split="train",
+        out_dir=str(out_dir),
+        model="fake-teacher",
+        concurrency=4,
+        progress=False,
+        chunk_size=4,
+    )
     defaults.update(overrides)
     return GenerationConfig(**defaults)
 
@@ -68,8 +77,10 @@ def ok_records(out_dir, dataset="svamp", split="train"):
 
 def cot_completions(out_dir, dataset="svamp", split="train"):
     folder = os.path.join(out_dir, dataset, "llm")
-    names = sorted((n for n in os.listdir(folder) if n.startswith(f"{split}_CoT_")),
-                   key=lambda n: int(n.split("_")[-1].split(".")[0]))
+    names = sorted(
+        (n for n in os.listdir(folder) if n.startswith(f"{split}_CoT_")),
+        key=lambda n: int(n.split("_")[-1].split(".")[0]),
+    )
     completions = []
     for name in names:
         with open(os.path.join(folder, name)) as f:
@@ -93,8 +104,10 @@ def test_a_full_run_writes_the_paper_layout_that_the_trainer_reads(tmp_path):
     assert completions[3] == "We add 3 and 4. The answer is (3 + 4)."
 
     data = load_paper_layout("svamp", str(tmp_path))
-    assert [t.rationale for t in data.teacher["train"]][:2] == ["We add 0 and 1.",
-                                                               "We add 1 and 2."]
+    assert [t.rationale for t in data.teacher["train"]][:2] == [
+        "We add 0 and 1.",
+        "We add 1 and 2.",
+    ]
     loaded = load_dataset_splits(DatasetSpec("svamp", data_dir=str(tmp_path)))
     assert loaded.report.splits["train"].parse_failures == 0
     train = loaded.splits["train"] + loaded.splits["valid"]
@@ -106,8 +119,10 @@ def test_a_full_run_writes_the_paper_layout_that_the_trainer_reads(tmp_path):
     prompts = {r.body["prompt"] for r in server.requests}
     assert len(prompts) == 10
     expected = (
-        "".join(f"Q: {e.input}\nA: {e.rationale} The answer is {e.answer}.\n\n"
-                for e in prompt_set.exemplars)
+        "".join(
+            f"Q: {e.input}\nA: {e.rationale} The answer is {e.answer}.\n\n"
+            for e in prompt_set.exemplars
+        )
         + "Q: What is 7 plus 8?\nA:"
     )
     assert expected in prompts
@@ -126,16 +141,24 @@ def test_a_full_run_writes_the_paper_layout_that_the_trainer_reads(tmp_path):
 
 def cqa_answer(question, sample):
     letter = "b"
-    return (f"The answer must be the second choice. So the answer is ({letter}) second.\n\n"
-            "Q: Next?\nAnswer Choices:\n(a) x")
+    return (
+        f"The answer must be the second choice. So the answer is ({letter}) second.\n\n"
+        "Q: Next?\nAnswer Choices:\n(a) x"
+    )
 
 
 def test_chat_mode_run_writes_the_same_shape_of_completion(tmp_path):
-    examples = [RawExample(f"q{i}", cqa_input(f"Question {i}?", ["first", "second"]), "second")
-                for i in range(3)]
+    examples = [
+        RawExample(f"q{i}", cqa_input(f"Question {i}?", ["first", "second"]), "second")
+        for i in range(3)
+    ]
     with FakeTeacherServer(lambda q, s: "A: " + cqa_answer(q, s)) as server:
-        report = generate(run_config(tmp_path, "cqa", chat=True), examples,
-                          load_prompt_set("cqa", shots=2), client_for(server, chat=True))
+        report = generate(
+            run_config(tmp_path, "cqa", chat=True),
+            examples,
+            load_prompt_set("cqa", shots=2),
+            client_for(server, chat=True),
+        )
     assert report.teacher_accuracy == 1.0
     _, completions = cot_completions(tmp_path, "cqa")
     assert completions == ["The answer must be the second choice. So the answer is (b) second."] * 3
@@ -154,8 +177,12 @@ def test_server_faults_are_retried_and_no_example_is_lost_or_doubled(tmp_path):
         server.add_faults("What is 5 plus", Fault.disconnect())
         server.add_faults("What is 6 plus", Fault.empty())  # retried: answered the 2nd time
         server.add_faults("What is 7 plus", *[Fault.empty()] * 5)  # always empty: reported
-        report = generate(run_config(tmp_path), examples, load_prompt_set("svamp"),
-                          client_for(server, timeout_s=0.3))
+        report = generate(
+            run_config(tmp_path),
+            examples,
+            load_prompt_set("svamp"),
+            client_for(server, timeout_s=0.3),
+        )
     records = ok_records(tmp_path)
     assert sorted(r["index"] for r in records) == list(range(12))  # each exactly once
     assert report.completed == 12 and report.request_failures_this_run == 0
@@ -175,20 +202,27 @@ def test_a_request_that_keeps_failing_is_recorded_and_retried_by_the_next_run(tm
     with FakeTeacherServer(svamp_like_answer) as server:
         server.add_faults("What is 2 plus", *[Fault.status_code(500)] * 4)  # = max_attempts
         server.add_faults("What is 4 plus", Fault.status_code(400, message="prompt too long"))
-        first = generate(run_config(tmp_path), examples, load_prompt_set("svamp"),
-                         client_for(server))
+        first = generate(
+            run_config(tmp_path), examples, load_prompt_set("svamp"), client_for(server)
+        )
         assert (first.completed, first.missing, first.request_failures_this_run) == (4, 2, 2)
         assert not os.path.exists(tmp_path / "svamp" / "llm")  # layout waits for every example
-        errors = [r for r in read_records(str(tmp_path / "svamp/teacher/train/records.jsonl"))
-                  if r["status"] == "error"]
+        errors = [
+            r
+            for r in read_records(str(tmp_path / "svamp/teacher/train/records.jsonl"))
+            if r["status"] == "error"
+        ]
         assert {r["index"] for r in errors} == {2, 4}
         assert any("prompt too long" in r["error"] for r in errors)
 
         asked_before = len(server.requests)
-        second = generate(run_config(tmp_path), examples, load_prompt_set("svamp"),
-                          client_for(server))
+        second = generate(
+            run_config(tmp_path), examples, load_prompt_set("svamp"), client_for(server)
+        )
         assert sorted(r.question for r in server.requests[asked_before:]) == [
-            "Q: What is 2 plus 3?\nA:", "Q: What is 4 plus 5?\nA:"]
+            "Q: What is 2 plus 3?\nA:",
+            "Q: What is 4 plus 5?\nA:",
+        ]
     assert (second.completed, second.missing, second.generated_this_run) == (6, 0, 2)
     assert sorted(r["index"] for r in ok_records(tmp_path)) == list(range(6))
     assert len(cot_completions(tmp_path)[1]) == 6
@@ -197,9 +231,12 @@ def test_a_request_that_keeps_failing_is_recorded_and_retried_by_the_next_run(tm
 def test_a_wrong_model_name_stops_the_run_at_once(tmp_path):
     with FakeTeacherServer(svamp_like_answer) as server:
         with pytest.raises(TeacherUnavailableError, match="404.*not found"):
-            generate(run_config(tmp_path, model="typo-model", concurrency=1),
-                     svamp_examples(50), load_prompt_set("svamp"),
-                     client_for(server, model="typo-model"))
+            generate(
+                run_config(tmp_path, model="typo-model", concurrency=1),
+                svamp_examples(50),
+                load_prompt_set("svamp"),
+                client_for(server, model="typo-model"),
+            )
         assert len(server.requests) <= 2
 
 
@@ -216,7 +253,9 @@ def test_self_consistency_keeps_a_rationale_that_agrees_with_the_majority(tmp_pa
     with FakeTeacherServer(lambda q, i: scripted[i]) as server:
         report = generate(
             run_config(tmp_path, sampling=SamplingParams(temperature=0.7, n=5)),
-            examples, load_prompt_set("svamp"), client_for(server),
+            examples,
+            load_prompt_set("svamp"),
+            client_for(server),
         )
     (record,) = ok_records(tmp_path)
     assert server.requests[0].body["n"] == 5
@@ -230,14 +269,21 @@ def test_self_consistency_keeps_a_rationale_that_agrees_with_the_majority(tmp_pa
 
 
 def test_majority_vote_ties_go_to_the_label_seen_first_and_unparsed_samples_do_not_vote():
-    samples = [SampleParse(None, None, "no cue"), SampleParse("r1", "b", None),
-               SampleParse("r2", "a", None), SampleParse("r3", "a", None),
-               SampleParse("r4", "b", None)]
+    samples = [
+        SampleParse(None, None, "no cue"),
+        SampleParse("r1", "b", None),
+        SampleParse("r2", "a", None),
+        SampleParse("r3", "a", None),
+        SampleParse("r4", "b", None),
+    ]
     vote = majority_vote("cqa", samples)
     assert (vote.chosen, vote.votes) == (1, {"b": 2, "a": 2})
     assert majority_vote("cqa", [SampleParse(None, None, "x")] * 3).chosen == 0
-    numbers = [SampleParse("r", "12", None), SampleParse("r", "12.0", None),
-               SampleParse("r", "3", None)]
+    numbers = [
+        SampleParse("r", "12", None),
+        SampleParse("r", "12.0", None),
+        SampleParse("r", "3", None),
+    ]
     assert majority_vote("gsm8k", numbers).votes == {"12": 2, "3": 1}
 
 
@@ -250,15 +296,27 @@ def test_keep_only_correct_drops_rationales_whose_label_disagrees(tmp_path):
     examples = svamp_examples(8)
     write_svamp_paper_layout(tmp_path, examples)
     with FakeTeacherServer(sometimes_wrong) as server:
-        report = generate(run_config(tmp_path, keep_only_correct=True), examples,
-                          load_prompt_set("svamp"), client_for(server))
+        report = generate(
+            run_config(tmp_path, keep_only_correct=True),
+            examples,
+            load_prompt_set("svamp"),
+            client_for(server),
+        )
     assert report.teacher_correct == 6 and report.labelled == 8
     assert report.filtered_out == 2 and report.written_with_rationale == 6
     _, completions = cot_completions(tmp_path)
     assert completions[2] == completions[5] == "" and all(completions[i] for i in (0, 1, 3))
     teacher = load_paper_layout("svamp", str(tmp_path)).teacher["train"]
-    assert [t.rationale is not None for t in teacher] == [True, True, False, True, True,
-                                                         False, True, True]
+    assert [t.rationale is not None for t in teacher] == [
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
     # The trainer's loader drops them from train (drop_unparseable, the default).
     loaded = load_dataset_splits(DatasetSpec("svamp", data_dir=str(tmp_path)))
     train_ids = {e.id for e in loaded.splits["train"]}
@@ -291,13 +349,16 @@ def test_a_changed_prompt_teacher_or_data_is_refused_unless_a_new_run_is_asked(
         prompt_set = change.get("prompt_set", load_prompt_set("svamp"))
         new_examples = change.get("examples", examples)
         with pytest.raises(RunMismatchError, match=message):
-            generate(run_config(tmp_path, **changed_config), new_examples, prompt_set,
-                     client_for(server))
+            generate(
+                run_config(tmp_path, **changed_config), new_examples, prompt_set, client_for(server)
+            )
         assert len(server.requests) == asked  # refused before asking anything
 
         server.model = changed_config.get("model", "fake-teacher")
         report = generate(
-            run_config(tmp_path, new_run=True, **changed_config), new_examples, prompt_set,
+            run_config(tmp_path, new_run=True, **changed_config),
+            new_examples,
+            prompt_set,
             client_for(server, model=server.model, chat=changed_config.get("chat", False)),
         )
     assert report.generated_this_run == len(new_examples)
@@ -312,8 +373,12 @@ def test_teacher_files_from_elsewhere_are_not_overwritten(tmp_path):
     (llm / "train_CoT_0.json").write_text(json.dumps(["authors' completion"]))
     with FakeTeacherServer(svamp_like_answer) as server:
         with pytest.raises(RunMismatchError, match="no run manifest"):
-            generate(run_config(tmp_path), svamp_examples(1), load_prompt_set("svamp"),
-                     client_for(server))
+            generate(
+                run_config(tmp_path),
+                svamp_examples(1),
+                load_prompt_set("svamp"),
+                client_for(server),
+            )
         assert not server.requests
     assert json.loads((llm / "train_CoT_0.json").read_text()) == ["authors' completion"]
 
@@ -321,14 +386,19 @@ def test_teacher_files_from_elsewhere_are_not_overwritten(tmp_path):
 def test_a_half_written_last_record_is_dropped_and_its_example_asked_again(tmp_path):
     examples = svamp_examples(5)
     with FakeTeacherServer(svamp_like_answer) as server:
-        generate(run_config(tmp_path, limit=3, concurrency=1), examples,
-                 load_prompt_set("svamp"), client_for(server))
+        generate(
+            run_config(tmp_path, limit=3, concurrency=1),
+            examples,
+            load_prompt_set("svamp"),
+            client_for(server),
+        )
         path = tmp_path / "svamp" / "teacher" / "train" / "records.jsonl"
         lines = path.read_text().splitlines(keepends=True)
         assert len(lines) == 3
         path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed mid-write
-        report = generate(run_config(tmp_path), examples, load_prompt_set("svamp"),
-                          client_for(server))
+        report = generate(
+            run_config(tmp_path), examples, load_prompt_set("svamp"), client_for(server)
+        )
     assert report.generated_this_run == 3 and report.completed == 5
     assert sorted(r["index"] for r in ok_records(tmp_path)) == list(range(5))
     assert all(line.endswith("}\n") for line in path.read_text().splitlines(keepends=True))
@@ -341,8 +411,7 @@ def test_two_generators_cannot_write_the_same_split(tmp_path):
 
         def second():
             try:
-                generate(config, svamp_examples(1), load_prompt_set("svamp"),
-                         backend=object())
+                generate(config, svamp_examples(1), load_prompt_set("svamp"), backend=object())
             except RunLockedError as error:
                 outcome["error"] = error
 
@@ -356,29 +425,44 @@ def test_nli_runs_stop_at_the_next_premise_and_read_the_label(tmp_path):
     from sbsd_jax.data.examples import nli_input
 
     def nli_answer(question, sample):
-        return ("A cat is an animal and sleeping is resting. Answer: entailment\n\n"
-                "Premise: A dog runs.\nHypothesis: An animal moves.")
+        return (
+            "A cat is an animal and sleeping is resting. Answer: entailment\n\n"
+            "Premise: A dog runs.\nHypothesis: An animal moves."
+        )
 
     examples = [RawExample("e0", nli_input("A cat sleeps.", "An animal rests."), "entailment")]
     with FakeTeacherServer(nli_answer, ignore_stop=True) as server:
-        report = generate(run_config(tmp_path, "esnli",
-                                     sampling=SamplingParams(stop=("\n\nPremise",))),
-                          examples, load_prompt_set("esnli"), client_for(server))
+        report = generate(
+            run_config(tmp_path, "esnli", sampling=SamplingParams(stop=("\n\nPremise",))),
+            examples,
+            load_prompt_set("esnli"),
+            client_for(server),
+        )
     (record,) = ok_records(tmp_path, "esnli")
     assert record["llm_label"] == "entailment" and report.teacher_accuracy == 1.0
-    assert record["completion"] == ("A cat is an animal and sleeping is resting. "
-                                    "Answer: entailment")
-    assert server.requests[0].body["prompt"].endswith(
-        "Premise: A cat sleeps.\nHypothesis: An animal rests.\nDoes the premise entail the "
-        "hypothesis (entailment), contradict it (contradiction), or neither (neutral)?\nA:")
+    assert record["completion"] == (
+        "A cat is an animal and sleeping is resting. Answer: entailment"
+    )
+    assert (
+        server.requests[0]
+        .body["prompt"]
+        .endswith(
+            "Premise: A cat sleeps.\nHypothesis: An animal rests.\nDoes the premise entail the "
+            "hypothesis (entailment), contradict it (contradiction), or neither (neutral)?\nA:"
+        )
+    )
 
 
 def test_a_teacher_that_fails_every_request_stops_the_run_after_a_few_examples(tmp_path):
     with FakeTeacherServer(svamp_like_answer) as server:
         server.add_faults("What is", *[Fault.status_code(503)] * 1000)
         with pytest.raises(TeacherUnavailableError, match="3 examples failed in a row.*503"):
-            generate(run_config(tmp_path, concurrency=1, max_consecutive_failures=3),
-                     svamp_examples(40), load_prompt_set("svamp"), client_for(server))
+            generate(
+                run_config(tmp_path, concurrency=1, max_consecutive_failures=3),
+                svamp_examples(40),
+                load_prompt_set("svamp"),
+                client_for(server),
+            )
     records = read_records(str(tmp_path / "svamp/teacher/train/records.jsonl"))
     assert [r["status"] for r in records] == ["error"] * 3
     # 4 attempts each; the one worker may have started on a 4th example before the stop.

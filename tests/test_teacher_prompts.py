@@ -32,11 +32,11 @@ def test_cqa_prompt_is_exemplars_then_question_in_the_paper_format():
     blocks = prompt.split("\n\n")
     assert len(blocks) == 3
     first = prompt_set.exemplars[0]
-    assert blocks[0] == (
-        f"Q: {first.input}\nA: {first.rationale} So the answer is {first.answer}."
+    assert blocks[0] == (f"Q: {first.input}\nA: {first.rationale} So the answer is {first.answer}.")
+    assert blocks[0].startswith(
+        "Q: Where would you keep milk so that it stays cold?\n"
+        "Answer Choices:\n(a) cupboard\n(b) refrigerator\n"
     )
-    assert blocks[0].startswith("Q: Where would you keep milk so that it stays cold?\n"
-                                "Answer Choices:\n(a) cupboard\n(b) refrigerator\n")
     assert blocks[0].endswith("So the answer is (b) refrigerator.")
     # The dataset's input already has its "Answer Choices" lines: used as is.
     assert blocks[2] == f"Q: {question}\nA:"
@@ -52,9 +52,11 @@ def test_svamp_prompt_writes_equations_in_parentheses():
 def test_nli_inputs_are_split_into_premise_and_hypothesis():
     prompt_set = load_prompt_set("esnli", shots=1)
     prompt = prompt_set.completion_prompt(nli_input("A cat sleeps.", "An animal rests."))
-    assert prompt.endswith("Premise: A cat sleeps.\nHypothesis: An animal rests.\n"
-                           "Does the premise entail the hypothesis (entailment), contradict it "
-                           "(contradiction), or neither (neutral)?\nA:")
+    assert prompt.endswith(
+        "Premise: A cat sleeps.\nHypothesis: An animal rests.\n"
+        "Does the premise entail the hypothesis (entailment), contradict it "
+        "(contradiction), or neither (neutral)?\nA:"
+    )
     assert "</s>" not in prompt
     with pytest.raises(ValueError, match="premise and hypothesis"):
         prompt_set.completion_prompt("no separator here")
@@ -63,8 +65,14 @@ def test_nli_inputs_are_split_into_premise_and_hypothesis():
 def test_chat_messages_carry_the_same_exemplars_as_turns():
     prompt_set = load_prompt_set("gsm8k", shots=2)
     messages = prompt_set.chat_messages("What is 2 + 2?")
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant",
-                                             "user"]
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     assert messages[1]["content"] == f"Q: {prompt_set.exemplars[0].input}"
     assert messages[2]["content"].endswith("The answer is 135.")
     assert messages[-1]["content"] == "Q: What is 2 + 2?"
@@ -93,8 +101,12 @@ def _own_set(**overrides):
         "query_template": "Q: {input}\nA:",
         "answer_template": "{rationale} The answer is {answer}.",
         "exemplars": [
-            {"input": "2 and 3?", "rationale": "2 + 3 = 5.", "answer": "(2 + 3)",
-             "label": "(2 + 3)"}
+            {
+                "input": "2 and 3?",
+                "rationale": "2 + 3 = 5.",
+                "answer": "(2 + 3)",
+                "label": "(2 + 3)",
+            }
         ],
     }
     payload.update(overrides)
@@ -110,10 +122,14 @@ def test_a_user_prompt_file_is_loaded_and_validated(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"answer_template": "{rationale} So it is {answer}."},
-         "exemplar 0: the answer does not parse"),
-        ({"exemplars": [{"input": "q", "rationale": "r", "answer": "(1 + 1)", "label": "2"}]},
-         "parses to label '\\(1 \\+ 1\\)'"),
+        (
+            {"answer_template": "{rationale} So it is {answer}."},
+            "exemplar 0: the answer does not parse",
+        ),
+        (
+            {"exemplars": [{"input": "q", "rationale": "r", "answer": "(1 + 1)", "label": "2"}]},
+            "parses to label '\\(1 \\+ 1\\)'",
+        ),
         ({"exemplars": [{"input": "q", "rationale": "r"}]}, "exemplar 0: field 'answer'"),
         ({"query_template": "Q: {question}\nA:"}, "unknown field"),
         ({"dataset": "cqa"}, "field 'dataset' is 'cqa'"),

@@ -23,18 +23,30 @@ NUM_EXAMPLES = 60
 def write_svamp(data_dir):
     folder = data_dir / "svamp"
     folder.mkdir(parents=True)
-    rows = [{"input": f"What is {i} plus {i + 1}?", "label": f"( {i} + {i + 1} )"}
-            for i in range(NUM_EXAMPLES)]
+    rows = [
+        {"input": f"What is {i} plus {i + 1}?", "label": f"( {i} + {i + 1} )"}
+        for i in range(NUM_EXAMPLES)
+    ]
     (folder / "svamp_train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "svamp_test.json").write_text(json.dumps(rows[0]) + "\n")
 
 
 def teacher_command(data_dir, server, *extra):
     return [
-        sys.executable, "-m", "sbsd_jax.teacher",
-        "--dataset=svamp", "--split=train", f"--data_dir={data_dir}",
-        f"--base_url={server.base_url}", "--model=fake-teacher", "--concurrency=2",
-        "--shots=2", "--chunk_size=25", "--noprogress", "--initial_backoff_s=0.01", *extra,
+        sys.executable,
+        "-m",
+        "sbsd_jax.teacher",
+        "--dataset=svamp",
+        "--split=train",
+        f"--data_dir={data_dir}",
+        f"--base_url={server.base_url}",
+        "--model=fake-teacher",
+        "--concurrency=2",
+        "--shots=2",
+        "--chunk_size=25",
+        "--noprogress",
+        "--initial_backoff_s=0.01",
+        *extra,
     ]
 
 
@@ -60,13 +72,13 @@ def assert_every_example_exactly_once(data_dir):
     ok = [r for r in read_records(str(records_path(data_dir))) if r["status"] == "ok"]
     assert sorted(r["index"] for r in ok) == list(range(NUM_EXAMPLES))
     llm = data_dir / "svamp" / "llm"
-    assert sorted(os.listdir(llm)) == ["train_CoT_0.json", "train_CoT_1.json",
-                                       "train_CoT_2.json"]
+    assert sorted(os.listdir(llm)) == ["train_CoT_0.json", "train_CoT_1.json", "train_CoT_2.json"]
     completions = []
     for i in range(3):
         completions += json.loads((llm / f"train_CoT_{i}.json").read_text())
-    assert completions == [f"We add {i} and {i + 1}. The answer is ({i} + {i + 1})."
-                           for i in range(NUM_EXAMPLES)]
+    assert completions == [
+        f"We add {i} and {i + 1}. The answer is ({i} + {i + 1})." for i in range(NUM_EXAMPLES)
+    ]
     loaded = load_dataset_splits(DatasetSpec("svamp", data_dir=str(data_dir)))
     assert loaded.report.splits["train"].parse_failures == 0
 
@@ -109,16 +121,26 @@ def test_ctrl_c_keeps_finished_work_and_a_rerun_completes_it(tmp_path):
 def test_the_command_refuses_to_resume_with_another_teacher(tmp_path):
     write_svamp(tmp_path)
     with FakeTeacherServer(svamp_like_answer) as server:
-        first = subprocess.run(teacher_command(tmp_path, server, "--limit=3"),
-                               capture_output=True, text=True, timeout=60)
+        first = subprocess.run(
+            teacher_command(tmp_path, server, "--limit=3"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert first.returncode == 3, first.stderr  # 57 examples still to do
-        changed = [arg.replace("--model=fake-teacher", "--model=other") for arg in
-                   teacher_command(tmp_path, server)]
+        changed = [
+            arg.replace("--model=fake-teacher", "--model=other")
+            for arg in teacher_command(tmp_path, server)
+        ]
         refused = subprocess.run(changed, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2
         assert "teacher model: 'fake-teacher' -> 'other'" in refused.stderr
         assert "--new_run" in refused.stderr
-        shots = subprocess.run(teacher_command(tmp_path, server, "--shots=3"),
-                               capture_output=True, text=True, timeout=60)
+        shots = subprocess.run(
+            teacher_command(tmp_path, server, "--shots=3"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert shots.returncode == 2 and "prompt set hash" in shots.stderr
         assert len(server.requests) == 3

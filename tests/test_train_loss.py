@@ -116,8 +116,9 @@ def test_global_token_counts_make_micro_batch_losses_add_up_to_the_full_batch_lo
     naive = []
     for rows in ([0], [1, 2]):
         micro = {key: value[rows] for key, value in batch.items()}
-        naive.append(float(loss_lib.multitask_loss(
-            jnp.asarray(logits[rows]), micro, 0.7, "step_by_step")[0]))
+        naive.append(
+            float(loss_lib.multitask_loss(jnp.asarray(logits[rows]), micro, 0.7, "step_by_step")[0])
+        )
     assert not np.isclose(np.mean(naive), float(full))
 
 

@@ -120,9 +120,7 @@ class Runs:
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
-    def start_and_signal(
-        self, workdir: pathlib.Path, signum: int, at_step: int
-    ) -> tuple[int, str]:
+    def start_and_signal(self, workdir: pathlib.Path, signum: int, at_step: int) -> tuple[int, str]:
         """Starts a full run and sends `signum` once its progress line for `at_step` appears.
 
         Returns (exit status, stdout)."""
@@ -151,9 +149,7 @@ def _committed_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def _assert_states_bitwise_equal(
-    left: dict[str, np.ndarray], right: dict[str, np.ndarray]
-) -> None:
+def _assert_states_bitwise_equal(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> None:
     assert sorted(left) == sorted(right)
     for name in left:
         assert left[name].dtype == right[name].dtype, name

@@ -32,8 +32,8 @@ def tiny_config(**mesh: int) -> ml_collections.ConfigDict:
     # One layer per stack and a small vocabulary keep XLA's CPU compile short; no dropout,
     # whose threefry bits make up most of the compile time (same masks on any mesh anyway).
     config.model_overrides = ml_collections.ConfigDict(
-        {"dropout_rate": 0.0, "vocab_size": 512, "num_encoder_layers": 1,
-         "num_decoder_layers": 1})
+        {"dropout_rate": 0.0, "vocab_size": 512, "num_encoder_layers": 1, "num_decoder_layers": 1}
+    )
     config.batch_size = 4  # examples; step_by_step -> 8 rows (4 predict + 4 explain)
     config.eval_batch_size = 8
     config.max_input_length, config.max_target_length = INPUT_LENGTH, TARGET_LENGTH
@@ -48,15 +48,24 @@ def make_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
     """Half label rows, half rationale rows, of different lengths; the last row packs two
     rationale segments (segment ids 1 and 2, positions restarting at 0)."""
     rng = np.random.default_rng(seed)
-    batch = {key: np.zeros((rows, length), np.int32) for key, length in (
-        ("encoder_input_tokens", INPUT_LENGTH), ("encoder_segment_ids", INPUT_LENGTH),
-        ("encoder_positions", INPUT_LENGTH), ("decoder_input_tokens", TARGET_LENGTH),
-        ("decoder_target_tokens", TARGET_LENGTH), ("decoder_segment_ids", TARGET_LENGTH),
-        ("decoder_positions", TARGET_LENGTH), ("decoder_task_ids", TARGET_LENGTH))}
+    batch = {
+        key: np.zeros((rows, length), np.int32)
+        for key, length in (
+            ("encoder_input_tokens", INPUT_LENGTH),
+            ("encoder_segment_ids", INPUT_LENGTH),
+            ("encoder_positions", INPUT_LENGTH),
+            ("decoder_input_tokens", TARGET_LENGTH),
+            ("decoder_target_tokens", TARGET_LENGTH),
+            ("decoder_segment_ids", TARGET_LENGTH),
+            ("decoder_positions", TARGET_LENGTH),
+            ("decoder_task_ids", TARGET_LENGTH),
+        )
+    }
     batch["decoder_loss_weights"] = np.zeros((rows, TARGET_LENGTH), np.float32)
 
-    def put(row: int, segment: int, start: int, in_len: int, in_start: int, tgt_len: int,
-            task: int) -> None:
+    def put(
+        row: int, segment: int, start: int, in_len: int, in_start: int, tgt_len: int, task: int
+    ) -> None:
         source = slice(in_start, in_start + in_len)
         batch["encoder_input_tokens"][row, source] = rng.integers(2, 300, in_len)
         batch["encoder_segment_ids"][row, source] = segment
@@ -113,9 +122,9 @@ def test_data_fsdp_tensor_mesh_gives_the_same_losses_and_params_as_one_device(
         assert sharded["label_tokens"] == single["label_tokens"]
     assert int(sharded_state.step) == int(single_state.step) == STEPS
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                                atol=2e-5),
-        sharded_state.params, single_state.params,
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5),
+        sharded_state.params,
+        single_state.params,
     )
     # The parameters did move, so the comparison is not between two initialisations.
     first, last = single_metrics[0]["loss"], single_metrics[-1]["loss"]
@@ -130,7 +139,8 @@ def test_each_task_is_counted_over_its_own_tokens(mesh_2x2x2_run):
     assert metrics[0]["rationale_tokens"] == weights[tasks == TASK_RATIONALE].sum()
     np.testing.assert_allclose(
         metrics[0]["loss"],
-        0.5 * metrics[0]["label_loss"] + 0.5 * metrics[0]["rationale_loss"], rtol=1e-6,
+        0.5 * metrics[0]["label_loss"] + 0.5 * metrics[0]["rationale_loss"],
+        rtol=1e-6,
     )
 
 
@@ -158,13 +168,19 @@ def test_gradient_accumulation_equals_the_full_batch_step(mesh_2x2x2_run):
     _, full_state, full_metrics = mesh_2x2x2_run
     _, accum_state, accum_metrics = run(2)
     for full, accumulated in zip(full_metrics, accum_metrics, strict=True):
-        for name in ("loss", "label_loss", "rationale_loss", "label_tokens", "rationale_tokens",
-                     "grad_norm"):
+        for name in (
+            "loss",
+            "label_loss",
+            "rationale_loss",
+            "label_tokens",
+            "rationale_tokens",
+            "grad_norm",
+        ):
             np.testing.assert_allclose(accumulated[name], full[name], rtol=2e-5, err_msg=name)
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                                atol=2e-5),
-        accum_state.params, full_state.params,
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5),
+        accum_state.params,
+        full_state.params,
     )
 
 
@@ -172,7 +188,10 @@ def test_mesh_axes_fill_the_devices():
     config = tiny_config(data=2, fsdp=-1, tensor=2)
     assert mesh_lib.resolve_mesh_shape(config.mesh, 8) == (2, 2, 2)
     assert dict(mesh_lib.make_mesh(tiny_config(fsdp=-1), jax.devices()).shape) == {
-        "data": 1, "fsdp": 8, "tensor": 1}
+        "data": 1,
+        "fsdp": 8,
+        "tensor": 1,
+    }
     with pytest.raises(mesh_lib.MeshShapeError, match="16 devices but only 8"):
         mesh_lib.resolve_mesh_shape(tiny_config(data=4, fsdp=4, tensor=1).mesh, 8)
 
@@ -202,8 +221,13 @@ def test_adafactor_factored_moments_are_replicated_and_full_moments_follow_their
 
 
 def test_a_single_process_needs_no_distributed_initialisation(monkeypatch):
-    for name in ("SBSD_COORDINATOR", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                 "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    for name in (
+        "SBSD_COORDINATOR",
+        "TPU_WORKER_HOSTNAMES",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert mesh_lib.maybe_initialize_distributed(tiny_config()) is False
     config = tiny_config()

@@ -60,8 +60,16 @@ class T5Config:
             raise ValueError(
                 f"T5Config.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
             )
-        for field in ("d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                      "num_decoder_layers", "vocab_size", "relative_attention_num_buckets"):
+        for field in (
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_heads",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "vocab_size",
+            "relative_attention_num_buckets",
+        ):
             if int(getattr(self, field)) <= 0:
                 raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -77,15 +85,29 @@ class T5Config:
 
 
 def _v1_0(d_model: int, d_ff: int, num_heads: int, d_kv: int, layers: int) -> T5Config:
-    return T5Config(d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_heads=num_heads,
-                    num_encoder_layers=layers, num_decoder_layers=layers,
-                    feed_forward="relu", tie_word_embeddings=True)
+    return T5Config(
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_heads=num_heads,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        feed_forward="relu",
+        tie_word_embeddings=True,
+    )
 
 
 def _v1_1(d_model: int, d_ff: int, num_heads: int, d_kv: int, layers: int) -> T5Config:
-    return T5Config(d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_heads=num_heads,
-                    num_encoder_layers=layers, num_decoder_layers=layers,
-                    feed_forward="gated-gelu", tie_word_embeddings=False)
+    return T5Config(
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_heads=num_heads,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        feed_forward="gated-gelu",
+        tie_word_embeddings=False,
+    )
 
 
 _V1_1_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
@@ -105,8 +127,7 @@ _CONFIGS: dict[str, T5Config] = {
     "t5_11b": _v1_0(1024, 65536, 128, 128, 24),
     **{f"t5_v1_1_{size}": _v1_1(*shape) for size, shape in _V1_1_SHAPES.items()},
     # FLAN-T5 checkpoints are instruction-tuned v1.1 shapes.
-    **{f"flan_t5_{size}": _v1_1(*shape)
-       for size, shape in _V1_1_SHAPES.items()},
+    **{f"flan_t5_{size}": _v1_1(*shape) for size, shape in _V1_1_SHAPES.items()},
     # Tiny shapes for tests and smoke runs (full vocabulary so real tokenizers fit).
     "t5_tiny": _v1_0(64, 128, 4, 16, 2),
     "t5_v1_1_tiny": _v1_1(64, 96, 4, 16, 2),

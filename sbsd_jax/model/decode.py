@@ -16,8 +16,13 @@ from sbsd_jax.model.t5 import T5
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_decode_length", "eos_id"))
-def _greedy_decode(graphdef: nnx.GraphDef, state: nnx.State, encoder_input_tokens: jax.Array,
-                   max_decode_length: int, eos_id: int) -> jax.Array:
+def _greedy_decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    encoder_input_tokens: jax.Array,
+    max_decode_length: int,
+    eos_id: int,
+) -> jax.Array:
     model: T5 = nnx.merge(graphdef, state)
     batch = encoder_input_tokens.shape[0]
     encoded = model.encode(encoder_input_tokens)
@@ -42,10 +47,14 @@ def _greedy_decode(graphdef: nnx.GraphDef, state: nnx.State, encoder_input_token
     return jax.lax.while_loop(keep_going, one_step, carry)[3]
 
 
-def greedy_decode(model_or_graphdef: T5 | nnx.GraphDef | tuple[nnx.GraphDef, nnx.State],
-                  encoder_input_tokens: jax.Array, *,
-                  max_decode_length: int, state: nnx.State | None = None,
-                  eos_id: int = 1) -> jax.Array:
+def greedy_decode(
+    model_or_graphdef: T5 | nnx.GraphDef | tuple[nnx.GraphDef, nnx.State],
+    encoder_input_tokens: jax.Array,
+    *,
+    max_decode_length: int,
+    state: nnx.State | None = None,
+    eos_id: int = 1,
+) -> jax.Array:
     """Greedy tokens int32 [B, max_decode_length] (no start token), 0 after each row's EOS.
 
     The model may also be given as `(graphdef, state)`. Padding (id 0) in
@@ -65,7 +74,7 @@ def greedy_decode(model_or_graphdef: T5 | nnx.GraphDef | tuple[nnx.GraphDef, nnx
         graphdef = model_or_graphdef
     if max_decode_length <= 0:
         raise ValueError(
-            f"greedy_decode: max_decode_length must be positive, got {max_decode_length}")
+            f"greedy_decode: max_decode_length must be positive, got {max_decode_length}"
+        )
     tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
     return _greedy_decode(graphdef, state, tokens, max_decode_length, eos_id)
-

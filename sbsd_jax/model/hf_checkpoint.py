@@ -44,8 +44,12 @@ class CheckpointError(ValueError):
 # Tensors that HF writes or accepts but that carry no information for us.
 _IGNORED_TENSORS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 _TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-_TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json")
+_TOKENIZER_FILES = (
+    "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 Path_ = tuple[Any, ...]
 TokenizerFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
@@ -54,9 +58,11 @@ TokenizerFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Non
 # ----------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf_config: Mapping[str, Any], *, source: str = "config.json",
-                   **overrides: Any) -> T5Config:
+def config_from_hf(
+    hf_config: Mapping[str, Any], *, source: str = "config.json", **overrides: Any
+) -> T5Config:
     """Our T5Config from a HF T5 config.json dict; errors name the offending field."""
+
     def field(name: str, default: Any = None) -> Any:
         if name not in hf_config and default is None:
             raise CheckpointError(f"{source}: missing field {name!r}")
@@ -67,8 +73,10 @@ def config_from_hf(hf_config: Mapping[str, Any], *, source: str = "config.json",
         raise CheckpointError(f"{source}: model_type={model_type!r} is not a T5 model")
     projection = field("feed_forward_proj", "relu")
     if projection not in ("relu", "gated-gelu"):
-        raise CheckpointError(f"{source}: feed_forward_proj={projection!r} is not supported "
-                              "(expected 'relu' or 'gated-gelu')")
+        raise CheckpointError(
+            f"{source}: feed_forward_proj={projection!r} is not supported "
+            "(expected 'relu' or 'gated-gelu')"
+        )
     # transformers>=5 always writes tie_word_embeddings=true and records the v1.0 rescale in
     # scale_decoder_outputs; older configs say tie_word_embeddings=false for v1.1.
     rescale = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
@@ -154,12 +162,20 @@ def _layout(config: T5Config) -> list[_Mapping]:
         mappings.append(_Mapping("lm_head.weight", ("lm_head",), linear_in, linear_in, (v, d)))
     for stack in ("encoder", "decoder"):
         num_layers = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
-        mappings.append(_Mapping(
-            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            (stack, "relative_position_bias", "embedding"), same, same,
-            (config.relative_attention_num_buckets, h)))
-        mappings.append(_Mapping(f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"),
-                                 same, same, (d,)))
+        mappings.append(
+            _Mapping(
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                (stack, "relative_position_bias", "embedding"),
+                same,
+                same,
+                (config.relative_attention_num_buckets, h),
+            )
+        )
+        mappings.append(
+            _Mapping(
+                f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), same, same, (d,)
+            )
+        )
         for i in range(num_layers):
             block = f"{stack}.block.{i}.layer"
             ours = (stack, "layers", i)
@@ -168,24 +184,63 @@ def _layout(config: T5Config) -> list[_Mapping]:
                 attention_layers.append((1, "EncDecAttention", "cross_attention"))
             for sub, hf_attention, our_attention in attention_layers:
                 for hf_proj, our_proj in (("q", "query"), ("k", "key"), ("v", "value")):
-                    mappings.append(_Mapping(f"{block}.{sub}.{hf_attention}.{hf_proj}.weight",
-                                             (*ours, our_attention, our_proj), qkv_ours, qkv_hf,
-                                             (h * k, d)))
-                mappings.append(_Mapping(f"{block}.{sub}.{hf_attention}.o.weight",
-                                         (*ours, our_attention, "out"), out_ours, out_hf,
-                                         (d, h * k)))
-                mappings.append(_Mapping(f"{block}.{sub}.layer_norm.weight",
-                                         (*ours, f"{our_attention}_norm", "scale"), same, same,
-                                         (d,)))
+                    mappings.append(
+                        _Mapping(
+                            f"{block}.{sub}.{hf_attention}.{hf_proj}.weight",
+                            (*ours, our_attention, our_proj),
+                            qkv_ours,
+                            qkv_hf,
+                            (h * k, d),
+                        )
+                    )
+                mappings.append(
+                    _Mapping(
+                        f"{block}.{sub}.{hf_attention}.o.weight",
+                        (*ours, our_attention, "out"),
+                        out_ours,
+                        out_hf,
+                        (d, h * k),
+                    )
+                )
+                mappings.append(
+                    _Mapping(
+                        f"{block}.{sub}.layer_norm.weight",
+                        (*ours, f"{our_attention}_norm", "scale"),
+                        same,
+                        same,
+                        (d,),
+                    )
+                )
             ff = 1 if stack == "encoder" else 2
             inputs = ("wi_0", "wi_1") if config.feed_forward == "gated-gelu" else ("wi",)
             for name in inputs:
-                mappings.append(_Mapping(f"{block}.{ff}.DenseReluDense.{name}.weight",
-                                         (*ours, "mlp", name), linear_in, linear_in, (f, d)))
-            mappings.append(_Mapping(f"{block}.{ff}.DenseReluDense.wo.weight",
-                                     (*ours, "mlp", "wo"), linear_in, linear_in, (d, f)))
-            mappings.append(_Mapping(f"{block}.{ff}.layer_norm.weight",
-                                     (*ours, "mlp_norm", "scale"), same, same, (d,)))
+                mappings.append(
+                    _Mapping(
+                        f"{block}.{ff}.DenseReluDense.{name}.weight",
+                        (*ours, "mlp", name),
+                        linear_in,
+                        linear_in,
+                        (f, d),
+                    )
+                )
+            mappings.append(
+                _Mapping(
+                    f"{block}.{ff}.DenseReluDense.wo.weight",
+                    (*ours, "mlp", "wo"),
+                    linear_in,
+                    linear_in,
+                    (d, f),
+                )
+            )
+            mappings.append(
+                _Mapping(
+                    f"{block}.{ff}.layer_norm.weight",
+                    (*ours, "mlp_norm", "scale"),
+                    same,
+                    same,
+                    (d,),
+                )
+            )
     return mappings
 
 
@@ -200,8 +255,15 @@ def _stacked_path(path: Path_) -> tuple[Path_, int | None]:
 
 
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 
 
@@ -218,7 +280,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
     raw = path.read_bytes()
     (header_size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + header_size])
+    header = json.loads(raw[8 : 8 + header_size])
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -226,7 +288,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         if info["dtype"] not in dtypes:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        data = raw[8 + header_size + start: 8 + header_size + end]
+        data = raw[8 + header_size + start : 8 + header_size + end]
         tensors[name] = np.frombuffer(data, dtype=dtypes[info["dtype"]]).reshape(info["shape"])
     return tensors
 
@@ -235,11 +297,15 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as error:
-        raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch "
-                              "(pip install torch), or convert it to model.safetensors") from error
+        raise CheckpointError(
+            f"{path}: reading pytorch_model.bin needs torch "
+            "(pip install torch), or convert it to model.safetensors"
+        ) from error
     state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {name: (t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy())
-            for name, t in state.items()}
+    return {
+        name: (t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy())
+        for name, t in state.items()
+    }
 
 
 def read_hf_tensors(directory: Path) -> dict[str, np.ndarray]:
@@ -256,8 +322,9 @@ def read_hf_tensors(directory: Path) -> dict[str, np.ndarray]:
             for shard in sorted(set(weight_map.values())):
                 tensors.update(reader(directory / shard))
             return tensors
-    raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or their "
-                          ".index.json found")
+    raise CheckpointError(
+        f"{directory}: no model.safetensors, pytorch_model.bin or their .index.json found"
+    )
 
 
 def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path:
@@ -269,19 +336,28 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path:
         raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
     text = str(path_or_hub_id)
     if text.startswith(("/", ".", "~")) or text.count("/") != 1:
-        raise CheckpointError(f"{text}: no such checkpoint directory (and not a hub id "
-                              "like 'google/flan-t5-base')")
+        raise CheckpointError(
+            f"{text}: no such checkpoint directory (and not a hub id like 'google/flan-t5-base')"
+        )
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(
-        str(path_or_hub_id),
-        allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                        *_TOKENIZER_FILES, "generation_config.json"],
-    ))
+    return Path(
+        snapshot_download(
+            str(path_or_hub_id),
+            allow_patterns=[
+                "config.json",
+                "*.safetensors",
+                "*.safetensors.index.json",
+                *_TOKENIZER_FILES,
+                "generation_config.json",
+            ],
+        )
+    )
 
 
-def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], config: T5Config, *,
-                           source: str = "checkpoint") -> dict[Path_, np.ndarray]:
+def params_from_hf_tensors(
+    tensors: Mapping[str, np.ndarray], config: T5Config, *, source: str = "checkpoint"
+) -> dict[Path_, np.ndarray]:
     """HF tensors -> our parameters keyed by unstacked path; checks names and shapes."""
     remaining = dict(tensors)
     params: dict[Path_, np.ndarray] = {}
@@ -299,27 +375,33 @@ def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], config: T5Config, 
             raise CheckpointError(
                 f"{source}: tensor {mapping.hf_name!r} has shape {tuple(value.shape)}, the config "
                 f"(d_model={config.d_model}, d_kv={config.d_kv}, d_ff={config.d_ff}, num_heads="
-                f"{config.num_heads}, vocab_size={config.vocab_size}) needs {mapping.hf_shape}")
+                f"{config.num_heads}, vocab_size={config.vocab_size}) needs {mapping.hf_shape}"
+            )
         params[mapping.our_path] = mapping.to_ours(value)
     for name in _TIED_COPIES:
         if name in remaining:
             copy = remaining.pop(name)
             if shared is not None and not np.array_equal(copy, shared):
-                raise CheckpointError(f"{source}: tensor {name!r} differs from 'shared.weight'; "
-                                      "T5 ties the input embeddings")
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} differs from 'shared.weight'; "
+                    "T5 ties the input embeddings"
+                )
     if config.tie_word_embeddings and "lm_head.weight" in remaining:
         head = remaining.pop("lm_head.weight")
         if shared is not None and not np.array_equal(head, shared):
             raise CheckpointError(
                 f"{source}: tensor 'lm_head.weight' differs from 'shared.weight' but the config "
-                "ties them (tie_word_embeddings / scale_decoder_outputs is true)")
+                "ties them (tie_word_embeddings / scale_decoder_outputs is true)"
+            )
     for name in _IGNORED_TENSORS:
         remaining.pop(name, None)
     if remaining:
         names = sorted(remaining)
-        raise CheckpointError(f"{source}: unexpected tensor(s) for this config: "
-                              f"{', '.join(repr(n) for n in names[:10])}"
-                              + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
+        raise CheckpointError(
+            f"{source}: unexpected tensor(s) for this config: "
+            f"{', '.join(repr(n) for n in names[:10])}"
+            + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        )
     return params
 
 
@@ -346,17 +428,21 @@ def state_from_params(params: Mapping[Path_, np.ndarray], config: T5Config) -> n
     for path, variable in nnx.to_flat_state(state):
         if path not in plain:
             raise CheckpointError(
-                f"no checkpoint value for our parameter {'/'.join(map(str, path))}")
+                f"no checkpoint value for our parameter {'/'.join(map(str, path))}"
+            )
         value = jnp.asarray(plain[path], dtype=param_dtype)
         if value.shape != variable.shape:
-            raise CheckpointError(f"parameter {'/'.join(map(str, path))}: shape {value.shape} "
-                                  f"!= expected {variable.shape}")
+            raise CheckpointError(
+                f"parameter {'/'.join(map(str, path))}: shape {value.shape} "
+                f"!= expected {variable.shape}"
+            )
         flat.append((path, variable.replace(value)))
     return nnx.from_flat_state(flat)
 
 
-def params_from_state(state: nnx.State | nnx.Module | Mapping[str, Any], config: T5Config
-                      ) -> dict[Path_, np.ndarray]:
+def params_from_state(
+    state: nnx.State | nnx.Module | Mapping[str, Any], config: T5Config
+) -> dict[Path_, np.ndarray]:
     """Our (plain or scanned) model, nnx.State or pure dict -> numpy params by unstacked path."""
     if isinstance(state, nnx.Module):
         state = nnx.state(state, nnx.Param)
@@ -378,9 +464,13 @@ def params_from_state(state: nnx.State | nnx.Module | Mapping[str, Any], config:
 # ----------------------------------------------------------------------------- public API
 
 
-def load_hf_t5(path_or_hub_id: str | os.PathLike[str], *, dtype: str = "float32",
-               param_dtype: str = "float32", **config_overrides: Any
-               ) -> tuple[T5Config, nnx.State, Path | None]:
+def load_hf_t5(
+    path_or_hub_id: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    **config_overrides: Any,
+) -> tuple[T5Config, nnx.State, Path | None]:
     """Import a HF T5 checkpoint: (our config, nnx.State of Params, spiece.model path or None).
 
     `dtype` is the compute dtype of the returned config; `config_overrides` may set e.g.
@@ -396,25 +486,31 @@ def load_hf_t5(path_or_hub_id: str | os.PathLike[str], *, dtype: str = "float32"
         hf_config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{config_path}: invalid JSON ({error})") from error
-    config = config_from_hf(hf_config, source=str(config_path), dtype=dtype,
-                            param_dtype=param_dtype, **config_overrides)
+    config = config_from_hf(
+        hf_config, source=str(config_path), dtype=dtype, param_dtype=param_dtype, **config_overrides
+    )
     params = params_from_hf_tensors(read_hf_tensors(directory), config, source=str(directory))
     spm = directory / "spiece.model"
     return config, state_from_params(params, config), (spm if spm.is_file() else None)
 
 
-def load_hf_t5_model(path_or_hub_id: str | os.PathLike[str], **kwargs: Any
-                     ) -> tuple[T5, Path | None]:
+def load_hf_t5_model(
+    path_or_hub_id: str | os.PathLike[str], **kwargs: Any
+) -> tuple[T5, Path | None]:
     """Like `load_hf_t5` but returns a ready model (config at `model.config`)."""
     config, state, spm = load_hf_t5(path_or_hub_id, **kwargs)
     graphdef = nnx.graphdef(_abstract_model(config))
     return nnx.merge(graphdef, state), spm
 
 
-def save_hf_t5(model_or_params: T5 | nnx.State | Mapping[str, Any], config: T5Config,
-               out_dir: str | os.PathLike[str], *,
-               tokenizer_file: TokenizerFiles = None,
-               dtype: str | None = None) -> Path:
+def save_hf_t5(
+    model_or_params: T5 | nnx.State | Mapping[str, Any],
+    config: T5Config,
+    out_dir: str | os.PathLike[str],
+    *,
+    tokenizer_file: TokenizerFiles = None,
+    dtype: str | None = None,
+) -> Path:
     """Export to a directory loadable by `T5ForConditionalGeneration.from_pretrained`.
 
     Writes config.json and model.safetensors (float32 unless `dtype`, e.g. 'bfloat16'), and copies
@@ -428,8 +524,10 @@ def save_hf_t5(model_or_params: T5 | nnx.State | Mapping[str, Any], config: T5Co
     tensors = {}
     for mapping in _layout(config):
         if mapping.our_path not in params:
-            raise CheckpointError(f"save_hf_t5: parameter {'/'.join(map(str, mapping.our_path))} "
-                                  f"missing for tensor {mapping.hf_name!r}")
+            raise CheckpointError(
+                f"save_hf_t5: parameter {'/'.join(map(str, mapping.our_path))} "
+                f"missing for tensor {mapping.hf_name!r}"
+            )
         value = np.ascontiguousarray(mapping.to_hf(params[mapping.our_path]))
         if dtype is not None:
             value = value.astype(jnp.dtype(dtype))
@@ -437,8 +535,9 @@ def save_hf_t5(model_or_params: T5 | nnx.State | Mapping[str, Any], config: T5Co
     if dtype in ("bfloat16",):
         _write_safetensors_raw(tensors, out / "model.safetensors")
     else:
-        safetensors.numpy.save_file(tensors, str(out / "model.safetensors"),
-                                    metadata={"format": "pt"})
+        safetensors.numpy.save_file(
+            tensors, str(out / "model.safetensors"), metadata={"format": "pt"}
+        )
     (out / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
     for file in _as_list(tokenizer_file):
         source = Path(file)
@@ -465,8 +564,11 @@ def _write_safetensors_raw(tensors: Mapping[str, np.ndarray], path: Path) -> Non
     for name, value in tensors.items():
         data = np.ascontiguousarray(value).tobytes()
         kind = "BF16" if value.dtype.name == "bfloat16" else names[value.dtype]
-        header[name] = {"dtype": kind, "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": kind,
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         chunks.append(data)
     encoded = json.dumps(header, separators=(",", ":")).encode()

@@ -26,11 +26,23 @@ MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
 
 PARAM_AXES: tuple[str, ...] = (
-    "vocab", "embed", "mlp", "heads", "kv", "joined_kv", "relpos_buckets", "layers",
+    "vocab",
+    "embed",
+    "mlp",
+    "heads",
+    "kv",
+    "joined_kv",
+    "relpos_buckets",
+    "layers",
 )
 ACTIVATION_AXES: tuple[str, ...] = (
-    "activation_batch", "activation_length", "activation_embed", "activation_mlp",
-    "activation_heads", "activation_kv", "activation_vocab",
+    "activation_batch",
+    "activation_length",
+    "activation_embed",
+    "activation_mlp",
+    "activation_heads",
+    "activation_kv",
+    "activation_vocab",
 )
 
 
@@ -63,8 +75,10 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     if _ACTIVE.rules is None or _ACTIVE.mesh is None:
         return x
     if len(logical_axes) != x.ndim:
-        raise ValueError(f"constrain: {len(logical_axes)} logical axes {tuple(logical_axes)} "
-                         f"for an array of rank {x.ndim}")
+        raise ValueError(
+            f"constrain: {len(logical_axes)} logical axes {tuple(logical_axes)} "
+            f"for an array of rank {x.ndim}"
+        )
     spec = logical_to_mesh_spec(logical_axes, _ACTIVE.rules)
     return jax.lax.with_sharding_constraint(x, NamedSharding(_ACTIVE.mesh, spec))
 
@@ -89,5 +103,8 @@ def logical_param_specs(state_or_model: nnx.State | nnx.Module, rules: Rules) ->
 
 def named_shardings(mesh: Mesh, specs: nnx.State) -> nnx.State:
     """NamedSharding pytree for a PartitionSpec pytree (e.g. for jax.jit out_shardings)."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )

@@ -61,16 +61,19 @@ def _bucket_of_distance(num_buckets: int, max_distance: int) -> np.ndarray:
     max_exact = num_buckets // 2
     distance = np.arange(max_distance + 1, dtype=np.int64)
     with np.errstate(divide="ignore"):
-        scaled = (np.log(distance.astype(np.float32) / np.float32(max_exact))
-                  / np.float32(math.log(max_distance / max_exact))
-                  * np.float32(num_buckets - max_exact))
+        scaled = (
+            np.log(distance.astype(np.float32) / np.float32(max_exact))
+            / np.float32(math.log(max_distance / max_exact))
+            * np.float32(num_buckets - max_exact)
+        )
     large = max_exact + np.where(np.isfinite(scaled), scaled, 0).astype(np.int64)
     large = np.minimum(large, num_buckets - 1)
     return np.where(distance < max_exact, distance, large).astype(np.int32)
 
 
-def relative_position_bucket(relative_position: Array, *, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
     """Mesh-TF/HF T5 bucketing of (key position - query position)."""
     buckets = jnp.zeros_like(relative_position)
     if bidirectional:
@@ -169,8 +172,13 @@ def _fold(key: Array | None, site: int) -> Array | None:
     return None if key is None else jax.random.fold_in(key, site)
 
 
-def _param(rngs: nnx.Rngs, init: Callable[..., Array], shape: tuple[int, ...],
-           axes: tuple[str, ...], dtype: jnp.dtype) -> nnx.Param:
+def _param(
+    rngs: nnx.Rngs,
+    init: Callable[..., Array],
+    shape: tuple[int, ...],
+    axes: tuple[str, ...],
+    dtype: jnp.dtype,
+) -> nnx.Param:
     return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, dtype))
 
 
@@ -183,8 +191,13 @@ def _normal(stddev: float) -> Callable[..., Array]:
 
 class RMSNorm(nnx.Module):
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-        self.scale = _param(rngs, nnx.initializers.ones, (config.d_model,), ("embed",),
-                            jnp.dtype(config.param_dtype))
+        self.scale = _param(
+            rngs,
+            nnx.initializers.ones,
+            (config.d_model,),
+            ("embed",),
+            jnp.dtype(config.param_dtype),
+        )
         self.epsilon = config.layer_norm_epsilon
         self.dtype = jnp.dtype(config.dtype)
 
@@ -196,9 +209,13 @@ class RelativePositionBias(nnx.Module):
     """[buckets, heads] table -> additive attention bias [B or 1, heads, Q, K] (float32)."""
 
     def __init__(self, config: T5Config, *, bidirectional: bool, rngs: nnx.Rngs):
-        self.embedding = _param(rngs, _normal(config.d_model**-0.5),
-                                (config.relative_attention_num_buckets, config.num_heads),
-                                ("relpos_buckets", "heads"), jnp.dtype(config.param_dtype))
+        self.embedding = _param(
+            rngs,
+            _normal(config.d_model**-0.5),
+            (config.relative_attention_num_buckets, config.num_heads),
+            ("relpos_buckets", "heads"),
+            jnp.dtype(config.param_dtype),
+        )
         self.bidirectional = bidirectional
         self.num_buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
@@ -206,9 +223,12 @@ class RelativePositionBias(nnx.Module):
     def __call__(self, query_positions: Array, key_positions: Array) -> Array:
         """Positions are [B or 1, Q] and [B or 1, K] int arrays."""
         relative = key_positions[:, None, :] - query_positions[:, :, None]
-        buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
-                                           num_buckets=self.num_buckets,
-                                           max_distance=self.max_distance)
+        buckets = relative_position_bucket(
+            relative,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
         values = jnp.take(self.embedding[...].astype(jnp.float32), buckets, axis=0)
         return jnp.transpose(values, (0, 3, 1, 2))
 
@@ -230,11 +250,14 @@ class Attention(nnx.Module):
     def project_kv(self, inputs: Array) -> tuple[Array, Array]:
         keys = jnp.einsum("bsd,dhk->bshk", inputs, self.key[...].astype(self.dtype))
         values = jnp.einsum("bsd,dhk->bshk", inputs, self.value[...].astype(self.dtype))
-        return (sharding.constrain(keys, (BATCH, LENGTH, HEADS, KV)),
-                sharding.constrain(values, (BATCH, LENGTH, HEADS, KV)))
+        return (
+            sharding.constrain(keys, (BATCH, LENGTH, HEADS, KV)),
+            sharding.constrain(values, (BATCH, LENGTH, HEADS, KV)),
+        )
 
-    def __call__(self, inputs: Array, bias: Array, *, keys: Array, values: Array,
-                 dropout_key: Array | None) -> Array:
+    def __call__(
+        self, inputs: Array, bias: Array, *, keys: Array, values: Array, dropout_key: Array | None
+    ) -> Array:
         """`bias` [B or 1, heads or 1, Q, K] holds position bias plus mask, float32."""
         query = jnp.einsum("bqd,dhk->bqhk", inputs, self.query[...].astype(self.dtype))
         query = sharding.constrain(query, (BATCH, LENGTH, HEADS, KV))
@@ -287,22 +310,32 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x: Array, *, self_bias: Array, encoded: Array | None = None,
-                 cross_bias: Array | None = None, cache: DecodeCache | None = None,
-                 cache_index: Array | None = None, dropout_key: Array | None = None,
-                 ) -> tuple[Array, DecodeCache | None]:
+    def __call__(
+        self,
+        x: Array,
+        *,
+        self_bias: Array,
+        encoded: Array | None = None,
+        cross_bias: Array | None = None,
+        cache: DecodeCache | None = None,
+        cache_index: Array | None = None,
+        dropout_key: Array | None = None,
+    ) -> tuple[Array, DecodeCache | None]:
         normed = self.self_attention_norm(x)
         keys, values = self.self_attention.project_kv(normed)
         new_cache = None
         if cache is not None:
             # Incremental decoding: write this step's key/value at cache_index, attend to all.
-            keys = jax.lax.dynamic_update_slice_in_dim(cache["self_keys"], keys.astype(
-                cache["self_keys"].dtype), cache_index, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(cache["self_values"], values.astype(
-                cache["self_values"].dtype), cache_index, axis=1)
+            keys = jax.lax.dynamic_update_slice_in_dim(
+                cache["self_keys"], keys.astype(cache["self_keys"].dtype), cache_index, axis=1
+            )
+            values = jax.lax.dynamic_update_slice_in_dim(
+                cache["self_values"], values.astype(cache["self_values"].dtype), cache_index, axis=1
+            )
             new_cache = dict(cache, self_keys=keys, self_values=values)
-        attended = self.self_attention(normed, self_bias, keys=keys, values=values,
-                                       dropout_key=_fold(dropout_key, 0))
+        attended = self.self_attention(
+            normed, self_bias, keys=keys, values=values, dropout_key=_fold(dropout_key, 0)
+        )
         x = x + dropout(attended, self.dropout_rate, _fold(dropout_key, 1))
         x = sharding.constrain(x, (BATCH, LENGTH, EMBED))
 
@@ -312,8 +345,9 @@ class Block(nnx.Module):
                 keys, values = cache["cross_keys"], cache["cross_values"]
             else:
                 keys, values = self.cross_attention.project_kv(encoded)
-            attended = self.cross_attention(normed, cross_bias, keys=keys, values=values,
-                                            dropout_key=_fold(dropout_key, 2))
+            attended = self.cross_attention(
+                normed, cross_bias, keys=keys, values=values, dropout_key=_fold(dropout_key, 2)
+            )
             x = x + dropout(attended, self.dropout_rate, _fold(dropout_key, 3))
             x = sharding.constrain(x, (BATCH, LENGTH, EMBED))
 
@@ -336,10 +370,12 @@ class Stack(nnx.Module):
         self.config = config
         self.is_decoder = is_decoder
         self.relative_position_bias = RelativePositionBias(
-            config, bidirectional=not is_decoder, rngs=rngs)
+            config, bidirectional=not is_decoder, rngs=rngs
+        )
         num_layers = config.num_decoder_layers if is_decoder else config.num_encoder_layers
         self.num_layers = num_layers
         if config.scan_layers:
+
             @nnx.split_rngs(splits=num_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def make_layers(layer_rngs: nnx.Rngs) -> Block:
@@ -348,30 +384,55 @@ class Stack(nnx.Module):
             self.layers = make_layers(rngs)
         else:
             self.layers = nnx.List(
-                [Block(config, is_decoder=is_decoder, rngs=rngs) for _ in range(num_layers)])
+                [Block(config, is_decoder=is_decoder, rngs=rngs) for _ in range(num_layers)]
+            )
         self.final_norm = RMSNorm(config, rngs=rngs)
 
-    def __call__(self, x: Array, *, self_bias: Array, encoded: Array | None = None,
-                 cross_bias: Array | None = None, cache: DecodeCache | None = None,
-                 cache_index: Array | None = None, dropout_key: Array | None = None,
-                 ) -> tuple[Array, DecodeCache | None]:
+    def __call__(
+        self,
+        x: Array,
+        *,
+        self_bias: Array,
+        encoded: Array | None = None,
+        cross_bias: Array | None = None,
+        cache: DecodeCache | None = None,
+        cache_index: Array | None = None,
+        dropout_key: Array | None = None,
+    ) -> tuple[Array, DecodeCache | None]:
         """x: embedded inputs [B, L, d_model]. `cache` holds per-layer arrays stacked on axis 0."""
         x = dropout(x, self.config.dropout_rate, _fold(dropout_key, 0))
         x = sharding.constrain(x, (BATCH, LENGTH, EMBED))
-        layer_keys = (None if dropout_key is None
-                      else jax.random.split(_fold(dropout_key, 1), self.num_layers))
+        layer_keys = (
+            None
+            if dropout_key is None
+            else jax.random.split(_fold(dropout_key, 1), self.num_layers)
+        )
 
-        def apply_layer(layer_state: nnx.State, graphdef: nnx.GraphDef, x: Array,
-                        layer_cache: DecodeCache | None, key: Array | None
-                        ) -> tuple[Array, DecodeCache | None]:
+        def apply_layer(
+            layer_state: nnx.State,
+            graphdef: nnx.GraphDef,
+            x: Array,
+            layer_cache: DecodeCache | None,
+            key: Array | None,
+        ) -> tuple[Array, DecodeCache | None]:
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x, self_bias=self_bias, encoded=encoded, cross_bias=cross_bias,
-                         cache=layer_cache, cache_index=cache_index, dropout_key=key)
+            return layer(
+                x,
+                self_bias=self_bias,
+                encoded=encoded,
+                cross_bias=cross_bias,
+                cache=layer_cache,
+                cache_index=cache_index,
+                dropout_key=key,
+            )
 
         if self.config.scan_layers:
             graphdef, state = nnx.split(self.layers)
-            step = _remat(lambda s, h, c, k: apply_layer(s, graphdef, h, c, k),
-                          self.config.remat_policy, in_scan=True)
+            step = _remat(
+                lambda s, h, c, k: apply_layer(s, graphdef, h, c, k),
+                self.config.remat_policy,
+                in_scan=True,
+            )
 
             def body(h: Array, xs: tuple[Any, Any, Any]) -> tuple[Array, Any]:
                 layer_state, layer_cache, key = xs
@@ -382,15 +443,20 @@ class Stack(nnx.Module):
             new_layer_caches = []
             for index, layer in enumerate(self.layers):
                 graphdef, state = nnx.split(layer)
-                step = _remat(lambda s, h, c, k, g=graphdef: apply_layer(s, g, h, c, k),
-                              self.config.remat_policy, in_scan=False)
-                layer_cache = (None if cache is None
-                               else jax.tree.map(lambda a, i=index: a[i], cache))
+                step = _remat(
+                    lambda s, h, c, k, g=graphdef: apply_layer(s, g, h, c, k),
+                    self.config.remat_policy,
+                    in_scan=False,
+                )
+                layer_cache = (
+                    None if cache is None else jax.tree.map(lambda a, i=index: a[i], cache)
+                )
                 key = None if layer_keys is None else layer_keys[index]
                 x, layer_cache = step(state, x, layer_cache, key)
                 new_layer_caches.append(layer_cache)
-            new_cache = (None if cache is None
-                         else jax.tree.map(lambda *a: jnp.stack(a), *new_layer_caches))
+            new_cache = (
+                None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new_layer_caches)
+            )
 
         x = self.final_norm(x)
         x = dropout(x, self.config.dropout_rate, _fold(dropout_key, 2))
@@ -416,14 +482,23 @@ class T5(nnx.Module):
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.config = config
         self.dtype = jnp.dtype(config.dtype)
-        self.shared = _param(rngs, _normal(1.0), (config.vocab_size, config.d_model),
-                             ("vocab", "embed"), jnp.dtype(config.param_dtype))
+        self.shared = _param(
+            rngs,
+            _normal(1.0),
+            (config.vocab_size, config.d_model),
+            ("vocab", "embed"),
+            jnp.dtype(config.param_dtype),
+        )
         self.encoder = Stack(config, is_decoder=False, rngs=rngs)
         self.decoder = Stack(config, is_decoder=True, rngs=rngs)
         if not config.tie_word_embeddings:
-            self.lm_head = _param(rngs, _normal(config.d_model**-0.5),
-                                  (config.d_model, config.vocab_size), ("embed", "vocab"),
-                                  jnp.dtype(config.param_dtype))
+            self.lm_head = _param(
+                rngs,
+                _normal(config.d_model**-0.5),
+                (config.d_model, config.vocab_size),
+                ("embed", "vocab"),
+                jnp.dtype(config.param_dtype),
+            )
 
     # -- pieces
 
@@ -438,13 +513,15 @@ class T5(nnx.Module):
             kernel = self.shared[...].astype(self.dtype).T
         else:
             kernel = self.lm_head[...].astype(self.dtype)
-        logits = jnp.einsum("btd,dv->btv", decoder_output, kernel,
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "btd,dv->btv", decoder_output, kernel, preferred_element_type=jnp.float32
+        )
         return sharding.constrain(logits, (BATCH, LENGTH, VOCAB))
 
     @staticmethod
-    def encoder_key_mask(encoder_input_tokens: Array, encoder_segment_ids: Array | None,
-                         pad_token_id: int) -> Array:
+    def encoder_key_mask(
+        encoder_input_tokens: Array, encoder_segment_ids: Array | None, pad_token_id: int
+    ) -> Array:
         """[B, S] True where a decoder/encoder query may find a real encoder token."""
         if encoder_segment_ids is not None:
             return encoder_segment_ids != 0
@@ -452,9 +529,16 @@ class T5(nnx.Module):
 
     # -- encoder
 
-    def encode(self, encoder_input_tokens: Array, *, encoder_segment_ids: Array | None = None,
-               encoder_positions: Array | None = None, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None, dropout_key: Array | None = None) -> Array:
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        *,
+        encoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+        dropout_key: Array | None = None,
+    ) -> Array:
         """Encoder output [B, S, d_model] in the compute dtype (after final norm and dropout)."""
         if dropout_key is None:
             dropout_key = _dropout_key(deterministic, rngs)
@@ -464,22 +548,28 @@ class T5(nnx.Module):
         else:
             same = encoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
             mask = (same & (encoder_segment_ids != 0)[:, None, :])[:, None]
-        positions = (_index_positions(length) if encoder_positions is None
-                     else encoder_positions)
+        positions = _index_positions(length) if encoder_positions is None else encoder_positions
         bias = self.encoder.relative_position_bias(positions, positions) + attention_mask_bias(mask)
-        encoded, _ = self.encoder(self.embed(encoder_input_tokens), self_bias=bias,
-                                  dropout_key=dropout_key)
+        encoded, _ = self.encoder(
+            self.embed(encoder_input_tokens), self_bias=bias, dropout_key=dropout_key
+        )
         return encoded
 
     # -- decoder
 
-    def decode(self, decoder_input_tokens: Array, encoded: Array, *,
-               encoder_input_tokens: Array | None = None,
-               encoder_segment_ids: Array | None = None,
-               decoder_segment_ids: Array | None = None,
-               decoder_positions: Array | None = None,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None,
-               dropout_key: Array | None = None) -> Array:
+    def decode(
+        self,
+        decoder_input_tokens: Array,
+        encoded: Array,
+        *,
+        encoder_input_tokens: Array | None = None,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+        dropout_key: Array | None = None,
+    ) -> Array:
         """Teacher-forced decoder: float32 logits [B, T, vocab].
 
         The decoder self-attention is causal (plus same-segment when segment ids are given); the
@@ -488,53 +578,75 @@ class T5(nnx.Module):
         if dropout_key is None:
             dropout_key = _dropout_key(deterministic, rngs)
         if encoder_input_tokens is None and encoder_segment_ids is None:
-            raise ValueError("T5.decode needs encoder_input_tokens or encoder_segment_ids for "
-                             "the cross-attention mask")
+            raise ValueError(
+                "T5.decode needs encoder_input_tokens or encoder_segment_ids for "
+                "the cross-attention mask"
+            )
         batch, length = decoder_input_tokens.shape
         index = jnp.arange(length, dtype=jnp.int32)
         mask = (index[:, None] >= index[None, :])[None, None]
         if decoder_segment_ids is not None:
             same = decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
             mask = mask & (same & (decoder_segment_ids != 0)[:, None, :])[:, None]
-        positions = (_index_positions(length) if decoder_positions is None
-                     else decoder_positions)
-        self_bias = (self.decoder.relative_position_bias(positions, positions)
-                     + attention_mask_bias(mask))
+        positions = _index_positions(length) if decoder_positions is None else decoder_positions
+        self_bias = self.decoder.relative_position_bias(positions, positions) + attention_mask_bias(
+            mask
+        )
 
-        key_mask = self.encoder_key_mask(encoder_input_tokens, encoder_segment_ids,
-                                         self.config.pad_token_id)
+        key_mask = self.encoder_key_mask(
+            encoder_input_tokens, encoder_segment_ids, self.config.pad_token_id
+        )
         if decoder_segment_ids is not None and encoder_segment_ids is not None:
             cross = (decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]) & (
-                key_mask[:, None, :])
+                key_mask[:, None, :]
+            )
         else:
             cross = jnp.broadcast_to(key_mask[:, None, :], (batch, length, key_mask.shape[1]))
         cross_bias = attention_mask_bias(cross[:, None])
 
-        hidden, _ = self.decoder(self.embed(decoder_input_tokens), self_bias=self_bias,
-                                 encoded=encoded.astype(self.dtype), cross_bias=cross_bias,
-                                 dropout_key=dropout_key)
+        hidden, _ = self.decoder(
+            self.embed(decoder_input_tokens),
+            self_bias=self_bias,
+            encoded=encoded.astype(self.dtype),
+            cross_bias=cross_bias,
+            dropout_key=dropout_key,
+        )
         return self.logits(hidden)
 
-    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
-                 encoder_segment_ids: Array | None = None,
-                 decoder_segment_ids: Array | None = None,
-                 encoder_positions: Array | None = None,
-                 decoder_positions: Array | None = None,
-                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        *,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_positions: Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> Array:
         key = _dropout_key(deterministic, rngs)
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
-                              encoder_positions=encoder_positions,
-                              dropout_key=_fold(key, 0))
-        return self.decode(decoder_input_tokens, encoded,
-                           encoder_input_tokens=encoder_input_tokens,
-                           encoder_segment_ids=encoder_segment_ids,
-                           decoder_segment_ids=decoder_segment_ids,
-                           decoder_positions=decoder_positions, dropout_key=_fold(key, 1))
+        encoded = self.encode(
+            encoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            encoder_positions=encoder_positions,
+            dropout_key=_fold(key, 0),
+        )
+        return self.decode(
+            decoder_input_tokens,
+            encoded,
+            encoder_input_tokens=encoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+            decoder_positions=decoder_positions,
+            dropout_key=_fold(key, 1),
+        )
 
     # -- incremental decoding
 
-    def init_decode_cache(self, encoded: Array, encoder_input_tokens: Array,
-                          max_decode_length: int) -> DecodeCache:
+    def init_decode_cache(
+        self, encoded: Array, encoder_input_tokens: Array, max_decode_length: int
+    ) -> DecodeCache:
         """KV cache for `decode_step`: cross-attention K/V computed once, empty self K/V."""
         config = self.config
         batch = encoded.shape[0]
@@ -553,13 +665,16 @@ class T5(nnx.Module):
                 cross_keys.append(keys)
                 cross_values.append(values)
             stacked_keys, stacked_values = jnp.stack(cross_keys), jnp.stack(cross_values)
-        empty = jnp.zeros((config.num_decoder_layers, batch, max_decode_length,
-                           config.num_heads, config.d_kv), self.dtype)
+        empty = jnp.zeros(
+            (config.num_decoder_layers, batch, max_decode_length, config.num_heads, config.d_kv),
+            self.dtype,
+        )
         return {
-            "self_keys": empty, "self_values": empty,
-            "cross_keys": stacked_keys, "cross_values": stacked_values,
-            "encoder_mask": self.encoder_key_mask(encoder_input_tokens, None,
-                                                  config.pad_token_id),
+            "self_keys": empty,
+            "self_values": empty,
+            "cross_keys": stacked_keys,
+            "cross_values": stacked_values,
+            "encoder_mask": self.encoder_key_mask(encoder_input_tokens, None, config.pad_token_id),
             "index": jnp.zeros((), jnp.int32),
         }
 
@@ -569,13 +684,19 @@ class T5(nnx.Module):
         max_length = cache["self_keys"].shape[2]
         key_positions = jnp.arange(max_length, dtype=jnp.int32)[None, :]
         self_mask = (key_positions <= index)[:, None, None, :]
-        self_bias = (self.decoder.relative_position_bias(jnp.reshape(index, (1, 1)), key_positions)
-                     + attention_mask_bias(self_mask))
+        self_bias = self.decoder.relative_position_bias(
+            jnp.reshape(index, (1, 1)), key_positions
+        ) + attention_mask_bias(self_mask)
         cross_bias = attention_mask_bias(cache["encoder_mask"][:, None, None, :])
-        layer_cache = {k: cache[k] for k in ("self_keys", "self_values", "cross_keys",
-                                             "cross_values")}
-        hidden, layer_cache = self.decoder(self.embed(tokens[:, None]), self_bias=self_bias,
-                                           cross_bias=cross_bias, cache=layer_cache,
-                                           cache_index=index)
+        layer_cache = {
+            k: cache[k] for k in ("self_keys", "self_values", "cross_keys", "cross_values")
+        }
+        hidden, layer_cache = self.decoder(
+            self.embed(tokens[:, None]),
+            self_bias=self_bias,
+            cross_bias=cross_bias,
+            cache=layer_cache,
+            cache_index=index,
+        )
         logits = self.logits(hidden)[:, 0]
         return logits, dict(cache, **layer_cache, index=index + 1)

@@ -53,7 +53,8 @@ flags.DEFINE_string("tfds_name", None, "TFDS builder name (source=tfds).")
 flags.DEFINE_string("out_dir", None, "Output root; default: --data_dir.")
 flags.DEFINE_string("name", None, "Folder under out_dir; default: the dataset name.")
 flags.DEFINE_string(
-    "base_url", os.environ.get("OPENAI_BASE_URL", "http://localhost:8000/v1"),
+    "base_url",
+    os.environ.get("OPENAI_BASE_URL", "http://localhost:8000/v1"),
     "OpenAI-compatible API root, ending in /v1 (default $OPENAI_BASE_URL or localhost:8000).",
 )
 flags.DEFINE_string("model", None, "Model name as the server knows it.")
@@ -175,9 +176,7 @@ def main(argv: list[str]) -> int:
             files = export_layout(config, examples, prompt_set)
             print(f"wrote {len(files)} file(s) to {config.paths.llm_dir}")
             return 0
-        report = generate(
-            config, examples, prompt_set, OpenAICompatibleClient(client_config)
-        )
+        report = generate(config, examples, prompt_set, OpenAICompatibleClient(client_config))
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to continue", file=sys.stderr)
         return 130

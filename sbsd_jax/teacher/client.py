@@ -380,9 +380,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
-def _choices(
-    response: dict[str, Any], url: str, chat: bool
-) -> list[tuple[str, str | None]]:
+def _choices(response: dict[str, Any], url: str, chat: bool) -> list[tuple[str, str | None]]:
     """(text, finish_reason) per choice, ordered by `index` (checked to be a list already)."""
     choices = response["choices"]
     out: list[tuple[int, str, str | None]] = []

@@ -336,12 +336,22 @@ def _example_record(
             if all(text.strip() for text in result.texts):
                 break
     except NonRetryableRequestError as error:
-        record = {**base, "status": "error", "error": str(error), "http_status": error.status,
-                  "time": utc_now()}
+        record = {
+            **base,
+            "status": "error",
+            "error": str(error),
+            "http_status": error.status,
+            "time": utc_now(),
+        }
         return _Outcome(index, record, fatal=error if error.fatal else None)
     except RetriesExhaustedError as error:
-        record = {**base, "status": "error", "error": str(error), "attempts": error.attempts,
-                  "time": utc_now()}
+        record = {
+            **base,
+            "status": "error",
+            "error": str(error),
+            "attempts": error.attempts,
+            "time": utc_now(),
+        }
         return _Outcome(index, record)
     assert result is not None
     stop = config.sampling.stop

@@ -109,9 +109,7 @@ class PromptSet:
 
     def completion_prompt(self, example_input: str) -> str:
         """The few-shot prompt for /v1/completions."""
-        shots = "".join(
-            f"{self.query(e.input)} {self.answer_text(e)}\n\n" for e in self.exemplars
-        )
+        shots = "".join(f"{self.query(e.input)} {self.answer_text(e)}\n\n" for e in self.exemplars)
         return shots + self.query(example_input)
 
     def chat_messages(self, example_input: str) -> list[dict[str, str]]:

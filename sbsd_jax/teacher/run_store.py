@@ -104,9 +104,7 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable 'field: old -> new' for every identity field that changed."""
     before, after = _identity(old), _identity(new)
     return [
-        f"{key}: {before[key]!r} -> {after[key]!r}"
-        for key in before
-        if before[key] != after[key]
+        f"{key}: {before[key]!r} -> {after[key]!r}" for key in before if before[key] != after[key]
     ]
 
 

@@ -115,17 +115,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
     problems += _positive(
         config,
-        ("batch_size", "max_input_length", "max_target_length", "learning_rate",
-         "num_train_steps", "grad_accum_steps", "eval_every", "eval_batch_size",
-         "eval_max_decode_length", "log_every", "checkpoint_every", "keep_checkpoints"),
+        (
+            "batch_size",
+            "max_input_length",
+            "max_target_length",
+            "learning_rate",
+            "num_train_steps",
+            "grad_accum_steps",
+            "eval_every",
+            "eval_batch_size",
+            "eval_max_decode_length",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ),
     )
     for field in ("warmup_steps", "weight_decay", "grad_clip_norm"):
         value = config.get(field)
         if not isinstance(value, int | float) or value < 0:
             problems.append(f"config.{field}={value!r}: must be >= 0")
-    if config.lr_schedule in ("linear", "linear_warmup_cosine") and isinstance(
-        config.warmup_steps, int
-    ) and config.warmup_steps >= config.num_train_steps:
+    if (
+        config.lr_schedule in ("linear", "linear_warmup_cosine")
+        and isinstance(config.warmup_steps, int)
+        and config.warmup_steps >= config.num_train_steps
+    ):
         problems.append(
             f"config.warmup_steps={config.warmup_steps}: must be smaller than "
             f"config.num_train_steps={config.num_train_steps} for a decaying schedule"
@@ -133,8 +146,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if not 0.0 < float(config.train_fraction) <= 1.0:
         problems.append(f"config.train_fraction={config.train_fraction!r}: must be in (0, 1]")
     if config.data_source == "jsonl" and not config.data_dir:
-        problems.append("config.data_dir is empty: data_source 'jsonl' needs the directory "
-                        "holding train.jsonl / valid.jsonl / test.jsonl")
+        problems.append(
+            "config.data_dir is empty: data_source 'jsonl' needs the directory "
+            "holding train.jsonl / valid.jsonl / test.jsonl"
+        )
     problems += _rules_problems(config.get("logical_axis_rules"))
 
     try:

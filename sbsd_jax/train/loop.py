@@ -102,8 +102,7 @@ class RunSummary:
             )
         else:
             lines.append(
-                f"Trained steps {self.start_step}..{self.final_step} "
-                f"in {self.train_seconds:.1f}s."
+                f"Trained steps {self.start_step}..{self.final_step} in {self.train_seconds:.1f}s."
             )
         for name, value in sorted(self.eval_metrics.items()):
             if name.endswith("accuracy"):
@@ -271,9 +270,7 @@ def _export(
     tokenizer = config.vocabulary if os.path.isfile(str(config.vocabulary)) else None
     out_dir = os.path.abspath(config.export_hf_dir)
     if jax.process_index() == 0:
-        save_hf_t5(
-            jax.device_get(params), program.model_config, out_dir, tokenizer_file=tokenizer
-        )
+        save_hf_t5(jax.device_get(params), program.model_config, out_dir, tokenizer_file=tokenizer)
     return out_dir
 
 

@@ -113,9 +113,7 @@ def _is_variable(node: Any) -> bool:
     return isinstance(node, nnx.Variable)
 
 
-def tree_partition_specs(
-    tree: Any, rules: LogicalAxisRules, mesh: Mesh | None = None
-) -> Any:
+def tree_partition_specs(tree: Any, rules: LogicalAxisRules, mesh: Mesh | None = None) -> Any:
     """PartitionSpecs for a pytree of params, optimizer state or a whole TrainState.
 
     Same structure as `tree` (Variables keep their metadata and hold a PartitionSpec), so the

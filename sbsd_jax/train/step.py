@@ -73,9 +73,7 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {name: value for name, value in dict(overrides).items() if value is not None}
 
 
-def build_model_config(
-    config: ml_collections.ConfigDict, platform: str | None = None
-) -> T5Config:
+def build_model_config(config: ml_collections.ConfigDict, platform: str | None = None) -> T5Config:
     """The T5Config for config.model with the trainer's numerics and config.model_overrides."""
     overrides = model_overrides(config)
     overrides.setdefault("dtype", resolve_compute_dtype(config, platform))
@@ -152,8 +150,9 @@ def make_state_from_params_fn(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
         )
 
-    return jax.jit(from_params, in_shardings=(state_shardings.params,),
-                   out_shardings=state_shardings)
+    return jax.jit(
+        from_params, in_shardings=(state_shardings.params,), out_shardings=state_shardings
+    )
 
 
 def train_state_shardings(
@@ -265,8 +264,13 @@ def make_train_step(
                 )
                 zero_metrics = {
                     name: jnp.zeros((), jnp.float32)
-                    for name in ("loss", "label_loss", "rationale_loss", "label_tokens",
-                                 "rationale_tokens")
+                    for name in (
+                        "loss",
+                        "label_loss",
+                        "rationale_loss",
+                        "label_tokens",
+                        "rationale_tokens",
+                    )
                 }
                 (grads, metrics), _ = jax.lax.scan(
                     accumulate,
