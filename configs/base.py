@@ -30,6 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 64  # global, in examples (step_by_step: 2 sequences per example)
     config.vocabulary = "byte"  # 'byte' | path to a SentencePiece model
     config.drop_unparseable = True
+    # Other sources (None = unused): a Hugging Face dataset (hub name or local folder) and its
+    # config, a TFDS builder, teacher outputs for hf/tfds sources, and whether rationales come
+    # from the teacher or the dataset's own human explanations (e.g. GSM8K solutions).
+    config.hf_name = config_dict.placeholder(str)
+    config.hf_config = config_dict.placeholder(str)
+    config.tfds_name = config_dict.placeholder(str)
+    config.rationale_dir = config_dict.placeholder(str)
+    config.rationale_source = "teacher"  # teacher | human
     config.seed = 0
 
     # --- Student ----------------------------------------------------------------------------

@@ -182,3 +182,23 @@ def test_all_problems_are_reported_at_once():
     config.alpha, config.optimizer, config.model = 2.0, "sgd", "nope"
     error = pytest.raises(ConfigError, validate, config, 8).value
     assert len(error.problems) == 3
+
+
+def test_every_user_facing_data_source_field_is_a_config_field():
+    """--config.hf_name=... etc. must work: a locked ConfigDict rejects unknown fields."""
+    from sbsd_jax.data.examples import DatasetSpec
+
+    config = load_config("base")
+    for name in ("data_dir", "hf_name", "hf_config", "tfds_name", "rationale_dir"):
+        assert name in config, name
+    config.data_source = "hf"
+    config.hf_name = "esnli"
+    config.tfds_name = "esnli"
+    config.rationale_source = "human"
+    spec = DatasetSpec.from_config(config)
+    assert (spec.source, spec.hf_name, spec.tfds_name, spec.rationale_source) == (
+        "hf",
+        "esnli",
+        "esnli",
+        "human",
+    )
