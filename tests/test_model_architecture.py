@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sbsd_jax.model import t5 as t5_lib
 from sbsd_jax.model.config import MODEL_NAMES, T5Config, get_model_config
 from sbsd_jax.model.hf_checkpoint import params_from_state, state_from_params
 from sbsd_jax.model.t5 import T5
@@ -232,3 +233,47 @@ def test_v1_0_ties_the_head_and_v1_1_does_not() -> None:
     assert not hasattr(tied, "lm_head")
     assert untied.lm_head.shape == (64, SMALL_VOCAB)
     assert dataclasses.replace(tiny(), tie_word_embeddings=True).tie_word_embeddings
+
+
+@pytest.mark.parametrize(
+    "spec,a_shape,b_shape",
+    [
+        ("bsd,dhk->bshk", (2, 5, 8), (8, 3, 4)),
+        ("bqhk,hkd->bqd", (2, 5, 3, 4), (3, 4, 8)),
+        ("...i,io->...o", (2, 5, 8), (8, 6)),
+    ],
+)
+def test_accumulating_einsum_backward_matches_autodiff(
+    spec: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+) -> None:
+    """The custom VJP gives JAX's gradients, with the kernel's gradient in the kernel's dtype."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=a_shape), jnp.bfloat16)
+    b = jnp.asarray(rng.normal(size=b_shape), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=jnp.einsum(spec, a, b).shape), jnp.float32)
+
+    def loss(a: jax.Array, b: jax.Array, accumulate_vjp: bool) -> jax.Array:
+        out = t5_lib.einsum(spec, a, b, jnp.bfloat16, accumulate_vjp=accumulate_vjp)
+        return jnp.sum(out.astype(jnp.float32) * probe)
+
+    fast_a, fast_b = jax.grad(loss, argnums=(0, 1))(a, b, True)
+    exact_a, exact_b = jax.grad(
+        lambda a, b: jnp.sum(jnp.einsum(spec, a, b) * probe), argnums=(0, 1)
+    )(a.astype(jnp.float32), b.astype(jnp.bfloat16).astype(jnp.float32))
+    assert fast_a.dtype == jnp.bfloat16 and fast_b.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(fast_a, np.float32), exact_a, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(fast_b), exact_b, rtol=2e-2, atol=2e-2)
+
+
+def test_accumulating_dot_vjp_keeps_the_bfloat16_model_numbers(v1_1_params: dict) -> None:
+    def run(accumulate: bool) -> tuple[np.ndarray, dict]:
+        config = tiny(dtype="bfloat16", accumulating_dot_vjp=accumulate)
+        logits, grads = logits_and_grads(model_with(config, v1_1_params), *batch())
+        return np.asarray(logits), params_from_state(grads, config)
+
+    logits, grads = run(True)
+    default_logits, default_grads = run(False)
+    np.testing.assert_allclose(logits, default_logits, atol=0.05 * np.max(np.abs(logits)))
+    for path, gradient in default_grads.items():
+        scale = float(np.max(np.abs(gradient))) or 1.0
+        np.testing.assert_allclose(grads[path], gradient, atol=0.05 * scale, err_msg=str(path))

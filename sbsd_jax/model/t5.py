@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -49,6 +49,66 @@ def rms_norm(x: Array, scale: Array, epsilon: float, dtype: jnp.dtype) -> Array:
     x32 = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     return (scale.astype(jnp.float32) * (x32 * jax.lax.rsqrt(variance + epsilon))).astype(dtype)
+
+
+def _einsum_f32_accumulate(spec: str, a: Array, b: Array, dtype: jnp.dtype) -> Array:
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _accumulating_einsum(spec: str, a: Array, b: Array, out_dtype: jnp.dtype) -> Array:
+    return _einsum_f32_accumulate(spec, a, b, a.dtype).astype(out_dtype)
+
+
+def _accumulating_einsum_fwd(
+    spec: str, a: Array, b: Array, out_dtype: jnp.dtype
+) -> tuple[Array, tuple[Array, Array]]:
+    return _accumulating_einsum(spec, a, b, out_dtype), (a, b)
+
+
+def _accumulating_einsum_bwd(
+    spec: str, out_dtype: jnp.dtype, residuals: tuple[Array, Array], grad: Array
+) -> tuple[Array, Array]:
+    del out_dtype
+    a, b = residuals
+    operands, out_spec = spec.split("->")
+    a_spec, b_spec = operands.split(",")
+    grad = grad.astype(a.dtype)
+    grad_a = _einsum_f32_accumulate(f"{out_spec},{b_spec}->{a_spec}", grad, b, a.dtype)
+    grad_b = _einsum_f32_accumulate(f"{a_spec},{out_spec}->{b_spec}", a, grad, a.dtype)
+    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+_accumulating_einsum.defvjp(_accumulating_einsum_fwd, _accumulating_einsum_bwd)
+
+
+def einsum(
+    spec: str,
+    a: Array,
+    b: Array,
+    dtype: jnp.dtype,
+    *,
+    out_dtype: jnp.dtype | None = None,
+    accumulate_vjp: bool = False,
+) -> Array:
+    """`a` (activations) x `b` (activations or a float32 kernel), multiplied in `dtype`.
+
+    The result is `out_dtype` (default `dtype`; float32 outputs accumulate in float32).
+    `accumulate_vjp` (with a low-precision `dtype`): every dot, forward and backward, is
+    `dtype` x `dtype` with float32 accumulation, and the kernel's gradient leaves the dot in
+    `b`'s own dtype. Why: XLA:CPU runs a bf16 x bf16 -> bf16 dot, which is what JAX derives
+    for the backward pass, by converting both operands to float32, 2-3x slower than its bf16
+    dot with float32 output on AVX512-BF16 cores. Accelerators accumulate in float32 natively,
+    and there a custom VJP would hide the dots from remat policies, so it stays off.
+    Every index of an operand must appear in the other operand or in the output. Meant for
+    projections by a kernel: XLA:CPU has no bf16 -> f32 kernel for batched dots.
+    """
+    out_dtype = jnp.dtype(out_dtype or dtype)
+    if accumulate_vjp and jnp.dtype(dtype) != jnp.float32:
+        return _accumulating_einsum(spec, a.astype(dtype), b, out_dtype)
+    if out_dtype == jnp.float32:
+        return _einsum_f32_accumulate(spec, a, b, dtype)
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype)).astype(out_dtype)
 
 
 @lru_cache(maxsize=32)
@@ -245,28 +305,59 @@ class Attention(nnx.Module):
         self.value = _param(rngs, _normal(d**-0.5), (d, h, k), in_axes, dtype)
         self.out = _param(rngs, _normal((h * k) ** -0.5), (h, k, d), out_axes, dtype)
         self.dtype = jnp.dtype(config.dtype)
+        self.accumulating_dot_vjp = config.accumulating_dot_vjp
         self.dropout_rate = config.dropout_rate
 
     def project_kv(self, inputs: Array) -> tuple[Array, Array]:
-        keys = jnp.einsum("bsd,dhk->bshk", inputs, self.key[...].astype(self.dtype))
-        values = jnp.einsum("bsd,dhk->bshk", inputs, self.value[...].astype(self.dtype))
-        return (
-            sharding.constrain(keys, (BATCH, LENGTH, HEADS, KV)),
-            sharding.constrain(values, (BATCH, LENGTH, HEADS, KV)),
-        )
+        """Keys and values [B, S, heads, kv] of `inputs`."""
+        keys, values = self._project(inputs, (self.key, self.value))
+        return keys, values
+
+    def project_qkv(self, inputs: Array) -> tuple[Array, Array, Array]:
+        """Queries, keys and values of `inputs` (self-attention)."""
+        query, keys, values = self._project(inputs, (self.query, self.key, self.value))
+        return query, keys, values
+
+    def _project(self, inputs: Array, kernels: tuple[nnx.Param, ...]) -> list[Array]:
+        # One dot per kernel: stacking them into one wider dot measured no faster on XLA:CPU.
+        return [
+            sharding.constrain(
+                einsum(
+                    "bsd,dhk->bshk",
+                    inputs,
+                    kernel[...],
+                    self.dtype,
+                    accumulate_vjp=self.accumulating_dot_vjp,
+                ),
+                (BATCH, LENGTH, HEADS, KV),
+            )
+            for kernel in kernels
+        ]
 
     def __call__(
-        self, inputs: Array, bias: Array, *, keys: Array, values: Array, dropout_key: Array | None
+        self, query: Array, bias: Array, *, keys: Array, values: Array, dropout_key: Array | None
     ) -> Array:
-        """`bias` [B or 1, heads or 1, Q, K] holds position bias plus mask, float32."""
-        query = jnp.einsum("bqd,dhk->bqhk", inputs, self.query[...].astype(self.dtype))
-        query = sharding.constrain(query, (BATCH, LENGTH, HEADS, KV))
-        scores = jnp.einsum("bqhk,bshk->bhqs", query, keys, preferred_element_type=jnp.float32)
+        """Attention of projected `query` [B, Q, heads, kv] over `keys`/`values` [B, S, ...].
+
+        `bias` [B or 1, heads or 1, Q, K] holds position bias plus mask, float32.
+        """
+        # Batched products keep JAX's own VJP: XLA:CPU has no bf16 -> f32 kernel for them.
+        scores = einsum("bqhk,bshk->bhqs", query, keys, self.dtype, out_dtype=jnp.float32)
         weights = jax.nn.softmax(scores + bias, axis=-1)
         weights = dropout(weights, self.dropout_rate, dropout_key).astype(self.dtype)
-        context = jnp.einsum("bhqs,bshk->bqhk", weights, values)
+        context = einsum("bhqs,bshk->bqhk", weights, values, self.dtype)
         context = sharding.constrain(context, (BATCH, LENGTH, HEADS, KV))
-        return jnp.einsum("bqhk,hkd->bqd", context, self.out[...].astype(self.dtype))
+        return einsum(
+            "bqhk,hkd->bqd",
+            context,
+            self.out[...],
+            self.dtype,
+            accumulate_vjp=self.accumulating_dot_vjp,
+        )
+
+    def project_query(self, inputs: Array) -> Array:
+        (query,) = self._project(inputs, (self.query,))
+        return query
 
 
 class MLP(nnx.Module):
@@ -283,17 +374,23 @@ class MLP(nnx.Module):
             self.wi = _param(rngs, _normal(d**-0.5), (d, f), ("embed", "mlp"), dtype)
         self.wo = _param(rngs, _normal(f**-0.5), (f, d), ("mlp", "embed"), dtype)
         self.dtype = jnp.dtype(config.dtype)
+        self.accumulating_dot_vjp = config.accumulating_dot_vjp
         self.dropout_rate = config.dropout_rate
 
     def __call__(self, x: Array, dropout_key: Array | None) -> Array:
         if self.gated:
-            gate = jax.nn.gelu(x @ self.wi_0[...].astype(self.dtype), approximate=True)
-            hidden = gate * (x @ self.wi_1[...].astype(self.dtype))
+            gate = jax.nn.gelu(self._project(x, self.wi_0[...]), approximate=True)
+            hidden = gate * self._project(x, self.wi_1[...])
         else:
-            hidden = jax.nn.relu(x @ self.wi[...].astype(self.dtype))
+            hidden = jax.nn.relu(self._project(x, self.wi[...]))
         hidden = sharding.constrain(hidden, (BATCH, LENGTH, HIDDEN))
         hidden = dropout(hidden, self.dropout_rate, dropout_key)
-        return hidden @ self.wo[...].astype(self.dtype)
+        return self._project(hidden, self.wo[...])
+
+    def _project(self, x: Array, kernel: Array) -> Array:
+        return einsum(
+            "...i,io->...o", x, kernel, self.dtype, accumulate_vjp=self.accumulating_dot_vjp
+        )
 
 
 class Block(nnx.Module):
@@ -322,7 +419,7 @@ class Block(nnx.Module):
         dropout_key: Array | None = None,
     ) -> tuple[Array, DecodeCache | None]:
         normed = self.self_attention_norm(x)
-        keys, values = self.self_attention.project_kv(normed)
+        query, keys, values = self.self_attention.project_qkv(normed)
         new_cache = None
         if cache is not None:
             # Incremental decoding: write this step's key/value at cache_index, attend to all.
@@ -334,7 +431,7 @@ class Block(nnx.Module):
             )
             new_cache = dict(cache, self_keys=keys, self_values=values)
         attended = self.self_attention(
-            normed, self_bias, keys=keys, values=values, dropout_key=_fold(dropout_key, 0)
+            query, self_bias, keys=keys, values=values, dropout_key=_fold(dropout_key, 0)
         )
         x = x + dropout(attended, self.dropout_rate, _fold(dropout_key, 1))
         x = sharding.constrain(x, (BATCH, LENGTH, EMBED))
@@ -346,7 +443,11 @@ class Block(nnx.Module):
             else:
                 keys, values = self.cross_attention.project_kv(encoded)
             attended = self.cross_attention(
-                normed, cross_bias, keys=keys, values=values, dropout_key=_fold(dropout_key, 2)
+                self.cross_attention.project_query(normed),
+                cross_bias,
+                keys=keys,
+                values=values,
+                dropout_key=_fold(dropout_key, 2),
             )
             x = x + dropout(attended, self.dropout_rate, _fold(dropout_key, 3))
             x = sharding.constrain(x, (BATCH, LENGTH, EMBED))
@@ -510,11 +611,16 @@ class T5(nnx.Module):
         """LM head; v1.0 rescales by d_model**-0.5 and reuses the embedding."""
         if self.config.tie_word_embeddings:
             decoder_output = decoder_output * jnp.asarray(self.config.d_model**-0.5, self.dtype)
-            kernel = self.shared[...].astype(self.dtype).T
+            kernel = self.shared[...].T
         else:
-            kernel = self.lm_head[...].astype(self.dtype)
-        logits = jnp.einsum(
-            "btd,dv->btv", decoder_output, kernel, preferred_element_type=jnp.float32
+            kernel = self.lm_head[...]
+        logits = einsum(
+            "btd,dv->btv",
+            decoder_output,
+            kernel,
+            self.dtype,
+            out_dtype=jnp.float32,
+            accumulate_vjp=self.config.accumulating_dot_vjp,
         )
         return sharding.constrain(logits, (BATCH, LENGTH, VOCAB))
 

@@ -76,7 +76,9 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def build_model_config(config: ml_collections.ConfigDict, platform: str | None = None) -> T5Config:
     """The T5Config for config.model with the trainer's numerics and config.model_overrides."""
     overrides = model_overrides(config)
+    platform = platform or jax.default_backend()
     overrides.setdefault("dtype", resolve_compute_dtype(config, platform))
+    overrides.setdefault("accumulating_dot_vjp", platform == "cpu")
     overrides.setdefault("param_dtype", config.param_dtype)
     overrides.setdefault("remat_policy", config.remat_policy)
     overrides.setdefault("scan_layers", bool(config.scan_layers))
