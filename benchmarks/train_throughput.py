@@ -281,6 +281,9 @@ def main() -> None:
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, ROOT)
+    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+
+    apply_default_xla_flags()  # what sbsd_jax.main does, before JAX starts
 
     reference = None if args.skip_reference else run_reference(args)
     ref = load_reference(args.bench_dir)

@@ -41,6 +41,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
+    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+
+    apply_default_xla_flags()  # before JAX creates its backends
     from sbsd_jax.train.loop import ConfigError, train_and_evaluate
 
     try:

@@ -13,6 +13,7 @@ from sbsd_jax.model.config import MODEL_NAMES
 from sbsd_jax.train import optimizer as optimizer_lib
 from sbsd_jax.train import step as step_lib
 from sbsd_jax.train.config_validation import ConfigError, validate
+from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = ("cqa", "svamp", "esnli", "anli1", "gsm8k", "jsonl")
@@ -82,6 +83,17 @@ def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
     config.model = "t5_v1_1_large"
     model = step_lib.build_model_config(config, platform="cpu")
     assert (model.d_model, model.dropout_rate) == (1024, 0.0)
+
+
+def test_accumulating_dot_vjp_is_on_for_cpu_only():
+    """XLA:CPU needs the custom VJP for fast bf16 backward dots; accelerators keep JAX's own."""
+    config = good_config()
+    config.compute_dtype = "bfloat16"
+    assert step_lib.build_model_config(config, platform="cpu").accumulating_dot_vjp
+    assert not step_lib.build_model_config(config, platform="tpu").accumulating_dot_vjp
+    assert not step_lib.build_model_config(config, platform="gpu").accumulating_dot_vjp
+    config.model_overrides.accumulating_dot_vjp = False
+    assert not step_lib.build_model_config(config, platform="cpu").accumulating_dot_vjp
 
 
 def test_unknown_model_lists_the_known_names():
@@ -202,3 +214,19 @@ def test_every_user_facing_data_source_field_is_a_config_field():
         "esnli",
         "human",
     )
+
+
+def test_default_xla_flags_are_appended_unless_the_user_set_them():
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    apply_default_xla_flags(environ)
+    assert environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=8",
+        "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    ]
+    assert apply_default_xla_flags(environ) == environ["XLA_FLAGS"]  # idempotent
+    mine = {"XLA_FLAGS": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"}
+    apply_default_xla_flags(mine)
+    assert mine["XLA_FLAGS"] == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"
+    empty: dict[str, str] = {}
+    apply_default_xla_flags(empty)
+    assert empty["XLA_FLAGS"] == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
