@@ -5,8 +5,15 @@ Both sides get exactly the same token ids: `tokenized()` of ../shared/bench/ref_
 targets to 256). The reference runs first as a subprocess, then our jitted step, in one
 invocation on the same machine, so the printed ratio compares like with like.
 
-    python benchmarks/train_throughput.py   # CPU: v1.1-small, batch 16, input 512
+    python benchmarks/train_throughput.py   # CPU: v1.1-small, batch 16, input 512, float32
+    python benchmarks/train_throughput.py --compute_dtype=bfloat16             # ours in bf16
+    python benchmarks/train_throughput.py --compute_dtype=bfloat16 --ref_bf16  # both in bf16
     python benchmarks/train_throughput.py --size=base --device=gpu --ref_device=cuda  # GPU
+
+Precision: the reference recipe runs float32 on CPU unless given --bf16 (torch.autocast:
+bf16 matmuls, float32 elsewhere); ours follows --compute_dtype (bf16 dot operands with float32
+accumulation, float32 parameters, softmax, norms and loss). Compare like with like; the
+README's table lists all three pairings.
 
 What differs is how each side lays the tokens out, which is the point of the comparison:
 the reference runs two forward/backward passes per batch (predict, explain), each padded to
