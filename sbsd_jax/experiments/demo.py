@@ -25,6 +25,7 @@ from absl import app, flags, logging
 
 from sbsd_jax.data.synthetic import SyntheticConfig, write_paper_layout
 from sbsd_jax.experiments.config_files import load_config_file
+from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 METHODS: tuple[str, ...] = ("standard", "step_by_step")
@@ -131,6 +132,7 @@ def main(argv: Sequence[str]) -> None:
         min_steps=int(config.synthetic_min_steps),
         max_steps=int(config.synthetic_max_steps),
     )
+    apply_default_xla_flags()  # as sbsd_jax.main does, before JAX starts
     started = time.perf_counter()
     rows = run_demo(os.path.abspath(_WORKDIR.value), synthetic, config)
     print("\nSynthetic arithmetic task (generated, rule-based teacher); teacher labels for both.")

@@ -176,6 +176,9 @@ def run_sweep(
     overrides: Mapping[str, str],
 ) -> list[tuple[Cell, float | None]]:
     """Trains the unfinished cells one after another in this process; returns the accuracies."""
+    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+
+    apply_default_xla_flags()  # no effect once JAX has started its backends
     from sbsd_jax.train.loop import train_and_evaluate
 
     base = load_config_file(config_path)
