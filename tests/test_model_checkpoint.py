@@ -85,8 +85,10 @@ def test_transformers_loads_our_export_with_the_same_weights(
 ) -> None:
     model, spm = load_hf_t5_model(checkpoint)
     out = save_hf_t5(model, model.config, tmp_path / "out", tokenizer_file=spm)
-    reference = transformers.T5ForConditionalGeneration.from_pretrained(checkpoint)
-    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out)
+    reference = transformers.T5ForConditionalGeneration.from_pretrained(
+        checkpoint, local_files_only=True
+    )
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out, local_files_only=True)
     ids = torch.tensor([[5, 6, 7, 1]])
     with torch.no_grad():
         expected = reference(input_ids=ids, decoder_input_ids=ids).logits
@@ -103,7 +105,7 @@ def test_export_from_a_bfloat16_copy_reads_back(checkpoint: Path, tmp_path: Path
     original = tensors(checkpoint)["shared.weight"]
     shared = np.asarray(reread["shared"].get_value())
     np.testing.assert_allclose(shared, original, rtol=1e-2, atol=1e-2)
-    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out)
+    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out, local_files_only=True)
     assert reloaded.shared.weight.dtype == torch.bfloat16
 
 

@@ -318,6 +318,11 @@ class Attention(nnx.Module):
         query, keys, values = self._project(inputs, (self.query, self.key, self.value))
         return query, keys, values
 
+    def project_query(self, inputs: Array) -> Array:
+        """Queries of `inputs` (cross-attention: keys and values come from the encoder)."""
+        (query,) = self._project(inputs, (self.query,))
+        return query
+
     def _project(self, inputs: Array, kernels: tuple[nnx.Param, ...]) -> list[Array]:
         # One dot per kernel: stacking them into one wider dot measured no faster on XLA:CPU.
         return [
@@ -344,7 +349,7 @@ class Attention(nnx.Module):
         # Batched products keep JAX's own VJP: XLA:CPU has no bf16 -> f32 kernel for them.
         scores = einsum("bqhk,bshk->bhqs", query, keys, self.dtype, out_dtype=jnp.float32)
         weights = jax.nn.softmax(scores + bias, axis=-1)
-        weights = dropout(weights, self.dropout_rate, dropout_key).astype(self.dtype)
+        weights = dropout(weights, self.dropout_rate, dropout_key)
         context = einsum("bhqs,bshk->bqhk", weights, values, self.dtype)
         context = sharding.constrain(context, (BATCH, LENGTH, HEADS, KV))
         return einsum(
@@ -354,10 +359,6 @@ class Attention(nnx.Module):
             self.dtype,
             accumulate_vjp=self.accumulating_dot_vjp,
         )
-
-    def project_query(self, inputs: Array) -> Array:
-        (query,) = self._project(inputs, (self.query,))
-        return query
 
 
 class MLP(nnx.Module):

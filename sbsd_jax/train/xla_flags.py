@@ -1,7 +1,8 @@
 """XLA options the trainer sets for the process before JAX starts its backends.
 
 XLA reads these from the XLA_FLAGS environment variable when a backend is first created, so
-entry points (sbsd_jax.main, the benchmarks) call `apply_default_xla_flags()` before they
+entry points (sbsd_jax.main, the demo, the sweep, the benchmark) call
+`apply_default_xla_flags()` before they
 import anything that initialises JAX. A flag the user already put in XLA_FLAGS wins.
 """
 
