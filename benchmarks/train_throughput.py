@@ -29,10 +29,10 @@ and targets ~3 (label) / ~31 (rationale, max 60), so a 256-token row holds ~4 se
 ~91% input fill, and 96 target slots take their targets at ~75% fill. Attention work per
 token grows with the row length (scores, softmax and dropout masks are [rows, heads, L, L]),
 so 8 x 512 rows spend twice the attention work per example for little better fill; 32 x 128
-rows fill worse (82% / 51%: pairs of ~55-token inputs leave gaps). Rows are filled first-fit
-within a batch (each sequence goes into the first row with room for both its input and its
-target; a batch closes when an example's pair no longer fits), ~3.5% more examples per step
-than next-fit at this shape.
+rows fill worse (82% / 51%: pairs of ~55-token inputs leave gaps). Rows are filled as the
+training pipeline fills them (`first_fit_batch`: each sequence goes into the first row with
+room for both its input and its target; a batch closes when an example's pair no longer fits),
+~5% more examples per step than next-fit at this shape.
 """
 
 from __future__ import annotations
@@ -106,24 +106,38 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
 def packed_batches(
     data: dict, *, rows: int, max_input_length: int, max_target_length: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int, int]]:
-    """(batch, examples in it, non-pad tokens in it) over the examples in order, first-fit packed.
+    """(batch, examples in it, non-pad tokens in it) over the examples in order.
 
-    Each example contributes its predict and explain sequences next to each other, as the
-    training pipeline does; a batch closes when the next example's pair no longer fits.
+    The training pipeline's own layout: `first_fit_batch` over consecutive examples, each one's
+    predict and explain sequences in the same batch, then `assemble_rows`.
     """
-    from sbsd_jax.data.feature_converter import assemble_rows
+    from sbsd_jax.data.feature_converter import assemble_rows, first_fit_batch
     from sbsd_jax.data.features import TASK_LABEL, TASK_RATIONALE
 
-    inputs, targets, task_ids = [], [], []
-    for i in range(len(data["labels"])):
-        inputs += [data["pred_inputs"][i], data["expl_inputs"][i]]
-        targets += [data["labels"][i], data["rationales"][i]]
-        task_ids += [TASK_LABEL, TASK_RATIONALE]
-
-    def emit(layout: list[list[int]]) -> tuple[dict[str, np.ndarray], int, int]:
-        sequences = [index for row in layout for index in row]
+    tasks = (("pred_inputs", "labels", TASK_LABEL), ("expl_inputs", "rationales", TASK_RATIONALE))
+    start = 0
+    while start < len(data["labels"]):
+        examples = range(start, len(data["labels"]))
+        lengths = (
+            [(len(data[inp][i]), len(data[tgt][i])) for inp, tgt, _ in tasks] for i in examples
+        )
+        layout, taken = first_fit_batch(
+            lengths,
+            num_rows=rows,
+            max_input_length=max_input_length,
+            max_target_length=max_target_length,
+        )
+        inputs, targets, task_ids, row_indices = [], [], [], []
+        for row in layout:
+            row_indices.append([])
+            for offset, index in row:
+                inp, tgt, task_id = tasks[index]
+                row_indices[-1].append(len(inputs))
+                inputs.append(data[inp][start + offset])
+                targets.append(data[tgt][start + offset])
+                task_ids.append(task_id)
         batch = assemble_rows(
-            layout,
+            row_indices,
             inputs,
             targets,
             task_ids,
@@ -131,35 +145,8 @@ def packed_batches(
             max_target_length=max_target_length,
             num_rows=rows,
         )
-        return batch, len(sequences) // 2, sum(len(inputs[i]) + len(targets[i]) for i in sequences)
-
-    def place(
-        layout: list[list[int]], used: list[list[int]], example: int
-    ) -> tuple[list[list[int]], list[list[int]]] | None:
-        """The layout with this example's two sequences added first-fit, or None if full."""
-        layout, used = [list(row) for row in layout], [list(u) for u in used]
-        for index in (2 * example, 2 * example + 1):
-            n_in, n_tgt = len(inputs[index]), len(targets[index])
-            for row, (row_in, row_tgt) in enumerate(used):
-                if row_in + n_in <= max_input_length and row_tgt + n_tgt <= max_target_length:
-                    layout[row].append(index)
-                    used[row] = [row_in + n_in, row_tgt + n_tgt]
-                    break
-            else:
-                if len(layout) == rows:
-                    return None
-                layout.append([index])
-                used.append([n_in, n_tgt])
-        return layout, used
-
-    layout: list[list[int]] = []
-    used: list[list[int]] = []  # input / target tokens per row
-    for example in range(len(inputs) // 2):
-        placed = place(layout, used, example)
-        if placed is None:
-            yield emit(layout)
-            placed = place([], [], example)
-        layout, used = placed
+        yield batch, taken, sum(len(x) for x in inputs) + sum(len(y) for y in targets)
+        start += taken
 
 
 def run_ours(args: argparse.Namespace, data: dict) -> dict[str, float]:

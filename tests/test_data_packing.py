@@ -7,6 +7,7 @@ from sbsd_jax.data.feature_converter import (
     SequenceTooLongError,
     TaskAwareEncDecFeatureConverter,
     assemble_rows,
+    first_fit_batch,
     next_fit_rows,
     non_pad_fraction,
 )
@@ -64,6 +65,37 @@ def test_next_fit_starts_a_new_row_when_inputs_or_targets_would_overflow():
     rows = next_fit_rows([4, 4, 3, 1, 5], [1, 1, 6, 1, 1], max_input_length=8, max_target_length=6)
     # 2 overflows row 0's inputs (8 + 3); 3 overflows row 1's targets (6 + 1); 4 joins 3.
     assert rows == [[0, 1], [2], [3, 4]]
+
+
+def test_first_fit_puts_a_sequence_into_the_first_row_with_room():
+    # Examples of (input, target) lengths; rows hold 8 / 6. Next-fit would leave row 0's gap.
+    examples = [[(6, 2)], [(5, 1)], [(2, 3)], [(3, 5)]]
+    rows, taken = first_fit_batch(examples, num_rows=3, max_input_length=8, max_target_length=6)
+    assert taken == 4
+    assert rows == [[(0, 0), (2, 0)], [(1, 0), (3, 0)]]
+
+
+def test_first_fit_takes_an_example_whole_or_not_at_all():
+    # The third example's first sequence would fit in row 0, its second needs a third row: the
+    # batch closes before the example, leaving none of it behind.
+    examples = iter([[(4, 1), (5, 1)], [(3, 1)], [(1, 1), (8, 1)], [(1, 1)]])
+    rows, taken = first_fit_batch(examples, num_rows=2, max_input_length=8, max_target_length=4)
+    assert taken == 2
+    assert rows == [[(0, 0), (1, 0)], [(0, 1)]]
+    assert next(examples) == [(1, 1)]  # read lazily: one example past the last one taken
+
+
+def test_first_fit_on_a_stream_that_ends_returns_what_it_took():
+    rows, taken = first_fit_batch([[(3, 2)]], num_rows=4, max_input_length=8, max_target_length=4)
+    assert (rows, taken) == ([[(0, 0)]], 1)
+    assert first_fit_batch([], num_rows=4, max_input_length=8, max_target_length=4) == ([], 0)
+
+
+def test_first_fit_names_a_sequence_longer_than_a_row():
+    with pytest.raises(SequenceTooLongError, match="sequence 1 of example 0 has 9 input"):
+        first_fit_batch([[(2, 1), (9, 1)]], num_rows=4, max_input_length=8, max_target_length=4)
+    with pytest.raises(ValueError, match="example 0 does not fit in a batch of 1 rows"):
+        first_fit_batch([[(5, 1), (5, 1)]], num_rows=1, max_input_length=8, max_target_length=4)
 
 
 def test_a_sequence_longer_than_a_row_is_an_error():

@@ -7,6 +7,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from sbsd_jax.data.examples import DatasetSpec, Example
+from sbsd_jax.data.feature_converter import first_fit_batch, next_fit_rows
 from sbsd_jax.data.features import BATCH_KEYS, TASK_LABEL, TASK_RATIONALE
 from sbsd_jax.data.pipeline import (
     IteratorStateError,
@@ -199,8 +200,10 @@ def test_packed_rows_hold_several_sequences_and_keep_each_pair_in_one_batch():
     long_rows = {"max_input_length": 128, "max_target_length": 48}
     prepared = prepare_data(make_config(**long_rows), splits=SPLITS)
     it = iterator(prepared, pack=True, batch_size=2, **long_rows)
-    stream = []
-    for batch in take(it, 4):
+    order = np.concatenate([epoch_permutation(0, epoch, NUM_TRAIN) for epoch in range(3)])
+    consumed = 0
+    for _ in range(4):
+        batch = next(it)
         assert batch["encoder_input_tokens"].shape == (4, 128)  # rows stay batch x tasks
         assert batch["encoder_segment_ids"].max() >= 2  # several sequences share a row
         seen = []
@@ -211,13 +214,51 @@ def test_packed_rows_hold_several_sequences_and_keep_each_pair_in_one_batch():
                 seen.append(decode_input(row[segments == segment]))
         predicts = [s.removeprefix("predict: ") for s in seen if s.startswith("predict: ")]
         explains = [s.removeprefix("explain: ") for s in seen if s.startswith("explain: ")]
-        # Every explain sits in the batch of its predict, in the same order.
-        assert explains == [q for q in predicts if not q.startswith(f"question {NO_RATIONALE}")]
-        stream += predicts
-    # Across batches, the examples are exactly the seeded stream: none skipped or repeated.
-    order = np.concatenate([epoch_permutation(0, epoch, NUM_TRAIN) for epoch in range(3)])
-    assert stream == [SPLITS["train"][i].input for i in order[: len(stream)]]
-    assert len(stream) > 8
+        # Every explain sits in the batch of its predict (first-fit may put it in another row).
+        assert sorted(explains) == sorted(
+            q for q in predicts if not q.startswith(f"question {NO_RATIONALE}")
+        )
+        # The batch holds exactly the next examples of the seeded stream: none skipped or
+        # repeated, and the iterator position moves past just those.
+        taken = len(predicts)
+        expected = [SPLITS["train"][i].input for i in order[consumed : consumed + taken]]
+        assert sorted(predicts) == sorted(expected)
+        consumed += taken
+        assert it.get_state()["epoch"] * NUM_TRAIN + it.get_state()["position"] == consumed
+    assert consumed > 8
+
+
+def test_packed_batches_are_the_first_fit_layout_of_the_example_stream():
+    # Long and short questions in stream order: short sequences fill the gaps long ones leave.
+    stream_lengths = (20, 20, 5, 5, 20, 5, 5, 20, 5, 20, 5, 5)
+    order = epoch_permutation(0, 0, len(stream_lengths))
+    questions = [""] * len(stream_lengths)
+    for position, example in enumerate(order):
+        questions[example] = "q" * stream_lengths[position]
+    splits = {
+        "train": [Example(f"ex{i}", q, "a", rationale="r") for i, q in enumerate(questions)],
+        "test": SPLITS["test"],
+    }
+    rows = {"max_input_length": 48, "max_target_length": 24}
+    prepared = prepare_data(make_config(**rows), splits=splits)
+    it = iterator(prepared, pack=True, batch_size=3, **rows)
+    batch = next(it)
+    lengths = []  # byte vocabulary: "predict: " / "explain: " + question bytes + EOS
+    for i in order:
+        n_in = len("predict: ") + len(questions[i]) + 1
+        lengths.append([(n_in, 2), (n_in, 2)])
+    layout, taken = first_fit_batch(lengths, num_rows=6, **rows)
+    assert it.get_state()["position"] == taken
+    for r, row in enumerate(layout):
+        segments = batch["encoder_segment_ids"][r]
+        assert segments.max() == len(row)
+        for segment, (offset, index) in enumerate(row, start=1):
+            assert int((segments == segment).sum()) == lengths[offset][index][0]
+    assert not batch["encoder_segment_ids"][len(layout) :].any()  # unused rows are all pad
+    # Next-fit would lay the same sequences out differently (in more rows).
+    flat = [pair for example in lengths[:taken] for pair in example]
+    next_fit = next_fit_rows([n for n, _ in flat], [n for _, n in flat], **rows)
+    assert len(next_fit) > len(layout)
 
 
 def test_standard_and_cot_use_one_row_per_example_and_cot_skips_missing_rationales():

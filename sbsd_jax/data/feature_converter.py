@@ -2,15 +2,17 @@
 
 Two implementations of one layout, tested to agree:
 
-- numpy (`next_fit_rows`, `assemble_rows`): what the training pipeline uses, because it is a
-  pure function of which sequences go in a batch, so an iterator position can be restored
-  without replaying anything.
+- numpy (`first_fit_batch` or `next_fit_rows`, then `assemble_rows`): the training pipeline
+  uses `first_fit_batch`, a pure function of which examples go in a batch, so an iterator
+  position can be restored without replaying anything.
 - `TaskAwareEncDecFeatureConverter`: a `seqio.FeatureConverter` for users' own SeqIO/T5X
-  pipelines (`seqio.get_dataset(..., feature_converter=...)`).
+  pipelines (`seqio.get_dataset(..., feature_converter=...)`), packing next-fit in order as
+  seqio's `trim_and_pack_dataset` does (`next_fit_rows` is the same algorithm in numpy).
 
-Packing is next-fit in order (the algorithm of seqio's `trim_and_pack_dataset`): a sequence
-joins the current row if both its inputs and its targets still fit, otherwise a new row
-starts. Each packed sequence gets its own segment id (1, 2, ...) and positions from 0;
+Next-fit: a sequence joins the current row if both its inputs and its targets still fit,
+otherwise a new row starts. First-fit: a sequence joins the first row with room for both, so
+short sequences fill the gaps earlier long ones left (on CQA's predict/explain pairs, ~5% more
+examples per batch). Each packed sequence gets its own segment id (1, 2, ...) and positions from 0;
 `decoder_input_tokens` are the targets shifted right within each segment with 0 (decoder
 start) at every segment start; `decoder_task_ids` repeat the sequence's task id on each of its
 target tokens (0 on pad) so the loss can be averaged per task.
@@ -18,7 +20,7 @@ target tokens (0 on pad) so the loss can be averaged per task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +60,56 @@ def next_fit_rows(
             rows.append([index])
             used_in, used_tgt = n_in, n_tgt
     return rows
+
+
+def first_fit_batch(
+    examples: Iterable[Sequence[tuple[int, int]]],
+    *,
+    num_rows: int,
+    max_input_length: int,
+    max_target_length: int,
+) -> tuple[list[list[tuple[int, int]]], int]:
+    """One batch packed first-fit from consecutive examples: (rows, examples taken).
+
+    `examples` gives each example's sequences as (input length, target length); it is read
+    lazily, one example past the last one taken. rows[r] lists the (example offset, sequence
+    index) of the sequences in row r. An example goes into the batch whole or not at all
+    (predict and explain stay together), and the batch closes at the first example that does
+    not fit in `num_rows` rows (or when `examples` ends).
+    """
+    rows: list[list[tuple[int, int]]] = []
+    used_in = np.zeros(num_rows, dtype=np.int64)  # tokens per row; rows past len(rows) are 0
+    used_tgt = np.zeros(num_rows, dtype=np.int64)
+    taken = 0
+    for offset, lengths in enumerate(examples):
+        placed: list[int] = []  # row of each of this example's sequences
+        open_rows = len(rows)
+        for index, (n_in, n_tgt) in enumerate(lengths):
+            if n_in > max_input_length or n_tgt > max_target_length:
+                raise SequenceTooLongError(
+                    f"sequence {index} of example {offset} has {n_in} input / {n_tgt} target "
+                    f"tokens, rows hold {max_input_length} / {max_target_length}"
+                )
+            room = (used_in[:open_rows] + n_in <= max_input_length) & (
+                used_tgt[:open_rows] + n_tgt <= max_target_length
+            )
+            fitting = np.flatnonzero(room)
+            row = int(fitting[0]) if fitting.size else open_rows
+            if row == num_rows:
+                break
+            open_rows = max(open_rows, row + 1)
+            used_in[row] += n_in
+            used_tgt[row] += n_tgt
+            placed.append(row)
+        if len(placed) < len(lengths):
+            if taken == 0:
+                raise ValueError(f"example {offset} does not fit in a batch of {num_rows} rows")
+            break  # the batch is full; rows hold only whole examples (counts die with the call)
+        rows.extend([] for _ in range(open_rows - len(rows)))
+        for index, row in enumerate(placed):
+            rows[row].append((offset, index))
+        taken += 1
+    return rows, taken
 
 
 def empty_batch(num_rows: int, max_input_length: int, max_target_length: int) -> dict:

@@ -9,10 +9,10 @@ each epoch a permutation drawn from (seed, epoch), so the iterator state is just
 Global batch: `batch_size` examples x tasks per example rows (2 for step_by_step: row 2i is
 example i's predict sequence, row 2i+1 its explain sequence, so both tasks of an example are in
 the same batch, as in the reference; an example without a rationale gets an all-pad explain
-row). With packing the row count stays the same and rows are filled next-fit with the
-sequences of consecutive stream examples (predict and explain of an example always in the same
-batch); a batch takes as many examples as fit. The last batch of an epoch continues into the
-next epoch's permutation, so every batch has the same shape.
+row). With packing the row count stays the same and rows are filled first-fit
+(`first_fit_batch`) with the sequences of consecutive stream examples (predict and explain of
+an example always in the same batch); a batch takes as many examples as fit. The last batch of
+an epoch continues into the next epoch's permutation, so every batch has the same shape.
 
 Host sharding: process p of P gets the contiguous block of rows
 [p * rows / P, (p + 1) * rows / P) of the global batch (the layout
@@ -27,14 +27,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from sbsd_jax.data.examples import DatasetSpec, Example
-from sbsd_jax.data.feature_converter import assemble_rows
+from sbsd_jax.data.feature_converter import assemble_rows, first_fit_batch
 from sbsd_jax.data.features import METHOD_TASKS, TASK_KINDS, check_method
 from sbsd_jax.data.report import DataReport
 from sbsd_jax.data.sources import LoadedDataset, load_dataset_splits
@@ -272,31 +273,24 @@ class TrainIterator:
                     has_target = self._target_lengths[kind][example] > 0
                     rows.append([(kind, example)] if has_target else [])
             return rows, self.batching.batch_size
-        rows: list[list[tuple[int, int]]] = []
-        used_in = used_tgt = 0  # tokens in the open (last) row
-        taken = 0
-        max_in, max_tgt = self.batching.max_input_length, self.batching.max_target_length
-        while True:
-            sequences = self._sequences_of(self._stream_example(start + taken))
-            # Next-fit plan for this example's sequences; commit only if the batch holds it all.
-            starts_row, num_rows, plan_in, plan_tgt = [], len(rows), used_in, used_tgt
-            for kind, example in sequences:
-                n_in = self._input_lengths[kind][example]
-                n_tgt = self._target_lengths[kind][example]
-                if num_rows and plan_in + n_in <= max_in and plan_tgt + n_tgt <= max_tgt:
-                    starts_row.append(False)
-                    plan_in, plan_tgt = plan_in + n_in, plan_tgt + n_tgt
-                else:
-                    starts_row.append(True)
-                    num_rows, plan_in, plan_tgt = num_rows + 1, n_in, n_tgt
-            if num_rows > self.rows_per_batch:
-                break
-            for sequence, new_row in zip(sequences, starts_row, strict=True):
-                if new_row:
-                    rows.append([])
-                rows[-1].append(sequence)
-            used_in, used_tgt = plan_in, plan_tgt
-            taken += 1
+        taken_sequences: list[list[tuple[int, int]]] = []  # (kind, example) of each example
+
+        def stream_lengths() -> Iterator[list[tuple[int, int]]]:
+            for offset in itertools.count():
+                sequences = self._sequences_of(self._stream_example(start + offset))
+                taken_sequences.append(sequences)
+                yield [
+                    (self._input_lengths[kind][example], self._target_lengths[kind][example])
+                    for kind, example in sequences
+                ]
+
+        layout, taken = first_fit_batch(
+            stream_lengths(),
+            num_rows=self.rows_per_batch,
+            max_input_length=self.batching.max_input_length,
+            max_target_length=self.batching.max_target_length,
+        )
+        rows = [[taken_sequences[offset][index] for offset, index in row] for row in layout]
         return rows, taken
 
     # -- iteration ------------------------------------------------------------------------
