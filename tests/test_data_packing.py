@@ -75,6 +75,15 @@ def test_first_fit_puts_a_sequence_into_the_first_row_with_room():
     assert rows == [[(0, 0), (2, 0)], [(1, 0), (3, 0)]]
 
 
+def test_first_fit_searches_only_the_newest_rows_of_its_window():
+    examples = [[(6, 1)], [(5, 1)], [(4, 1)], [(2, 1)]]
+    lengths = {"num_rows": 4, "max_input_length": 8, "max_target_length": 4}
+    everywhere, _ = first_fit_batch(examples, **lengths)
+    assert everywhere == [[(0, 0), (3, 0)], [(1, 0)], [(2, 0)]]
+    newest_two, _ = first_fit_batch(examples, window=2, **lengths)
+    assert newest_two == [[(0, 0)], [(1, 0), (3, 0)], [(2, 0)]]
+
+
 def test_first_fit_takes_an_example_whole_or_not_at_all():
     # The third example's first sequence would fit in row 0, its second needs a third row: the
     # batch closes before the example, leaving none of it behind.
