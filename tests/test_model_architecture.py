@@ -277,3 +277,38 @@ def test_accumulating_dot_vjp_keeps_the_bfloat16_model_numbers(v1_1_params: dict
     for path, gradient in default_grads.items():
         scale = float(np.max(np.abs(gradient))) or 1.0
         np.testing.assert_allclose(grads[path], gradient, atol=0.05 * scale, err_msg=str(path))
+
+
+def test_attention_with_deferred_normalisation_is_softmax_then_dropout() -> None:
+    """Attention divides the context by the softmax sum after the value product; outputs and
+    gradients are those of softmax -> dropout -> product, masked keys included."""
+    config = tiny(dropout_rate=0.25)
+    attention = t5_lib.Attention(config, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    shape = (2, 5, config.num_heads, config.d_kv)
+    query, keys, values = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+    bias = jnp.asarray(rng.normal(size=(2, config.num_heads, 5, 5)), jnp.float32)
+    bias = bias + t5_lib.attention_mask_bias(jnp.asarray(rng.random((2, 1, 5, 5)) < 0.7))
+    key = jax.random.key(3)
+
+    def explicit(query, keys, values):
+        weights = jax.nn.softmax(jnp.einsum("bqhk,bshk->bhqs", query, keys) + bias, axis=-1)
+        weights = t5_lib.dropout(weights, config.dropout_rate, key)
+        context = jnp.einsum("bhqs,bshk->bqhk", weights, values)
+        return jnp.einsum("bqhk,hkd->bqd", context, attention.out[...])
+
+    def deferred(query, keys, values):
+        return attention(query, bias, keys=keys, values=values, dropout_key=key)
+
+    np.testing.assert_allclose(
+        deferred(query, keys, values), explicit(query, keys, values), rtol=1e-5, atol=1e-6
+    )
+    probe = jnp.asarray(rng.normal(size=(2, 5, config.d_model)), jnp.float32)
+    grads = [
+        jax.grad(lambda *qkv, f=f: jnp.sum(f(*qkv) * probe), argnums=(0, 1, 2))(
+            query, keys, values
+        )
+        for f in (deferred, explicit)
+    ]
+    for got, expected in zip(*grads, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -348,9 +348,18 @@ class Attention(nnx.Module):
         """
         # Batched products keep JAX's own VJP: XLA:CPU has no bf16 -> f32 kernel for them.
         scores = einsum("bqhk,bshk->bhqs", query, keys, self.dtype, out_dtype=jnp.float32)
-        weights = jax.nn.softmax(scores + bias, axis=-1)
-        weights = dropout(weights, self.dropout_rate, dropout_key)
-        context = einsum("bhqs,bshk->bqhk", weights, values, self.dtype)
+        # Softmax with the normalisation deferred past the context product (as flash attention
+        # does): dropout(e / sum) @ v == (dropout(e) @ v) / sum, and dividing the [B, Q, heads,
+        # kv] context is cheaper than the [B, heads, Q, K] weights, forward and backward (~6%
+        # of a packed T5-small step on CPU). The max shift only guards exp from overflow; the
+        # result does not depend on it, so it carries no gradient.
+        scores = scores + bias
+        shift = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+        unnormalised = jnp.exp(scores - shift)
+        total = jnp.sum(unnormalised, axis=-1)  # [B, heads, Q]
+        unnormalised = dropout(unnormalised, self.dropout_rate, dropout_key)
+        context = einsum("bhqs,bshk->bqhk", unnormalised, values, self.dtype, out_dtype=jnp.float32)
+        context = (context / jnp.transpose(total, (0, 2, 1))[..., None]).astype(self.dtype)
         context = sharding.constrain(context, (BATCH, LENGTH, HEADS, KV))
         return einsum(
             "bqhk,hkd->bqd",
