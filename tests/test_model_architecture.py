@@ -305,9 +305,7 @@ def test_attention_with_deferred_normalisation_is_softmax_then_dropout() -> None
     )
     probe = jnp.asarray(rng.normal(size=(2, 5, config.d_model)), jnp.float32)
     grads = [
-        jax.grad(lambda *qkv, f=f: jnp.sum(f(*qkv) * probe), argnums=(0, 1, 2))(
-            query, keys, values
-        )
+        jax.grad(lambda *qkv, f=f: jnp.sum(f(*qkv) * probe), argnums=(0, 1, 2))(query, keys, values)
         for f in (deferred, explicit)
     ]
     for got, expected in zip(*grads, strict=True):
