@@ -286,7 +286,7 @@ def test_eos_string_ids_match_hugging_face_t5_tokenizer(tiny_sentencepiece, tmp_
     import shutil
 
     shutil.copy(tiny_sentencepiece, tmp_path / "spiece.model")
-    hf = transformers.T5Tokenizer.from_pretrained(str(tmp_path), extra_ids=0)
+    hf = transformers.T5Tokenizer.from_pretrained(str(tmp_path), extra_ids=0, local_files_only=True)
     vocabulary = make_vocabulary(tiny_sentencepiece)
     for text in (ESNLI_INPUT, "A man sleeps. </s> A person rests.", "</s>dog", "dog</s>"):
         assert vocabulary.encode(text) + [EOS] == hf(text)["input_ids"], text

@@ -85,10 +85,9 @@ def test_transformers_loads_our_export_with_the_same_weights(
 ) -> None:
     model, spm = load_hf_t5_model(checkpoint)
     out = save_hf_t5(model, model.config, tmp_path / "out", tokenizer_file=spm)
-    reference = transformers.T5ForConditionalGeneration.from_pretrained(
-        checkpoint, local_files_only=True
-    )
-    reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out, local_files_only=True)
+    hf_t5 = transformers.T5ForConditionalGeneration
+    reference = hf_t5.from_pretrained(checkpoint, local_files_only=True)  # a local directory
+    reloaded = hf_t5.from_pretrained(out, local_files_only=True)
     ids = torch.tensor([[5, 6, 7, 1]])
     with torch.no_grad():
         expected = reference(input_ids=ids, decoder_input_ids=ids).logits

@@ -2,8 +2,8 @@
 
 XLA reads these from the XLA_FLAGS environment variable when a backend is first created, so
 entry points (sbsd_jax.main, the demo, the sweep, the benchmark) call
-`apply_default_xla_flags()` before they
-import anything that initialises JAX. A flag the user already put in XLA_FLAGS wins.
+`apply_default_xla_flags()` before they import anything that initialises JAX. A flag the user
+already put in XLA_FLAGS wins.
 """
 
 from __future__ import annotations
