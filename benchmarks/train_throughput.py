@@ -3,7 +3,10 @@ r"""Training throughput on real CQA, side by side with the PyTorch reference rec
 Both sides get exactly the same token ids: `tokenized()` of ../shared/bench/ref_recipe.py
 (the reference's SentencePiece model, EOS appended, inputs truncated to --max_input_length,
 targets to 256). The reference runs first as a subprocess, then our jitted step, in one
-invocation on the same machine, so the printed ratio compares like with like.
+invocation on the same machine, so the printed ratio compares like with like. Like the trainer,
+this script restarts itself once with glibc malloc on transparent huge pages
+(sbsd_jax/train/host_malloc.py); the reference runs in the environment the script was started
+in, as its README runs it, or with the same tunable under --ref_huge_pages.
 
     python benchmarks/train_throughput.py   # CPU: v1.1-small, batch 16, input 512, float32
     python benchmarks/train_throughput.py --compute_dtype=bfloat16             # ours in bf16
@@ -90,8 +93,14 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
     ]
     if args.ref_bf16:
         command.append("--bf16")
-    print("reference:", " ".join(command), flush=True)
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    from sbsd_jax.train.host_malloc import original_environment
+
+    # The reference runs in the environment this benchmark was started with, as its README
+    # runs it; --ref_huge_pages gives it our malloc tunable too.
+    env = None if args.ref_huge_pages else original_environment()
+    tunables = (env if env is not None else os.environ).get("GLIBC_TUNABLES", "")
+    print(f"reference: GLIBC_TUNABLES={tunables!r}", " ".join(command), flush=True)
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     match = REF_LINE.search(output)
     if not match:
         raise RuntimeError(f"reference printed no result line:\n{output}")
@@ -271,13 +280,21 @@ def main() -> None:
         "--rng_impl", default="threefry2x32", help="dropout PRNG: threefry2x32 | rbg"
     )
     parser.add_argument("--skip_reference", action="store_true")
+    parser.add_argument(
+        "--ref_huge_pages",
+        action="store_true",
+        help="run the reference with our malloc tunable too (glibc.malloc.hugetlb=1)",
+    )
     args = parser.parse_args()
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, ROOT)
+    from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
     from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
+    restart_with_huge_page_malloc()  # what sbsd_jax.main does, before anything starts
     apply_default_xla_flags()  # what sbsd_jax.main does, before JAX starts
+    print(f"ours: GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", flush=True)
 
     reference = None if args.skip_reference else run_reference(args)
     ref = load_reference(args.bench_dir)

@@ -78,6 +78,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
+    from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
+
+    restart_with_huge_page_malloc()  # once, before JAX starts any thread
     app.run(main, flags_parser=_parse_flags)
 
 

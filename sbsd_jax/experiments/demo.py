@@ -25,6 +25,7 @@ from absl import app, flags, logging
 
 from sbsd_jax.data.synthetic import SyntheticConfig, write_paper_layout
 from sbsd_jax.experiments.config_files import load_config_file
+from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
 from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
@@ -141,4 +142,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    restart_with_huge_page_malloc()  # as sbsd_jax.main does
     app.run(main)

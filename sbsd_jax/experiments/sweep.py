@@ -215,5 +215,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
+
+    restart_with_huge_page_malloc()  # as sbsd_jax.main does
     _define_flags()
     app.run(main)
