@@ -97,9 +97,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
 
     # The reference runs in the environment this benchmark was started with, as its README
     # runs it; --ref_huge_pages gives it our malloc tunable too.
-    env = None if args.ref_huge_pages else original_environment()
-    tunables = (env if env is not None else os.environ).get("GLIBC_TUNABLES", "")
-    print(f"reference: GLIBC_TUNABLES={tunables!r}", " ".join(command), flush=True)
+    env = dict(os.environ) if args.ref_huge_pages else original_environment()
+    print(f"reference: GLIBC_TUNABLES={env.get('GLIBC_TUNABLES', '')!r}", *command, flush=True)
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     match = REF_LINE.search(output)
     if not match:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 MIN_GLIBC = (2, 35)
@@ -50,7 +51,7 @@ def glibc_version() -> tuple[int, ...] | None:
 
 
 def huge_page_tunables(
-    environ: dict[str, str] | os._Environ,
+    environ: Mapping[str, str],
     *,
     thp_mode: str | None,
     glibc: tuple[int, ...] | None,
@@ -67,7 +68,7 @@ def huge_page_tunables(
     return ":".join(part for part in (current, HUGE_PAGE_TUNABLE) if part)
 
 
-def original_environment(environ: dict[str, str] | os._Environ | None = None) -> dict[str, str]:
+def original_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment as it was before the restart (for child processes)."""
     env = dict(os.environ if environ is None else environ)
     if ORIGINAL_TUNABLES_VAR in env:
