@@ -1,7 +1,10 @@
 """Distilling step-by-step on anli1: the paper's recipe (see base.py).
 
 ANLI round 1 (Nie et al., 2020): adversarial 3-way NLI, formatted like e-SNLI.
-Run: `python -m sbsd_jax.main --config=configs/anli1.py --workdir=/tmp/anli1`
+Run (the paper authors' datasets/ folder, a T5 checkpoint and its SentencePiece model):
+  python -m sbsd_jax.main --config=configs/anli1.py --workdir=runs/anli1 \
+      --config.data_dir=datasets --config.vocabulary=/path/to/spiece.model \
+      --config.init_checkpoint=google/t5-v1_1-base
 """
 
 from __future__ import annotations

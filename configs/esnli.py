@@ -1,7 +1,10 @@
 """Distilling step-by-step on esnli: the paper's recipe (see base.py).
 
 e-SNLI (Camburu et al., 2018): 3-way NLI; the inputs are "premise</s> hypothesis".
-Run: `python -m sbsd_jax.main --config=configs/esnli.py --workdir=/tmp/esnli`
+Run (the paper authors' datasets/ folder, a T5 checkpoint and its SentencePiece model):
+  python -m sbsd_jax.main --config=configs/esnli.py --workdir=runs/esnli \
+      --config.data_dir=datasets --config.vocabulary=/path/to/spiece.model \
+      --config.init_checkpoint=google/t5-v1_1-base
 """
 
 from __future__ import annotations

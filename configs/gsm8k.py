@@ -1,7 +1,9 @@
 """Distilling step-by-step on gsm8k: the paper's recipe (see base.py).
 
 GSM8K (Cobbe et al., 2021): grade-school maths; rationales are the worked solutions, labels numbers.
-Run: `python -m sbsd_jax.main --config=configs/gsm8k.py --workdir=/tmp/gsm8k`
+Run (Hugging Face `openai/gsm8k` from the hub; offline, --config.hf_name=<save_to_disk folder>):
+  python -m sbsd_jax.main --config=configs/gsm8k.py --workdir=runs/gsm8k \
+      --config.vocabulary=/path/to/spiece.model --config.init_checkpoint=google/t5-v1_1-base
 """
 
 from __future__ import annotations

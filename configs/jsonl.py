@@ -1,7 +1,10 @@
 """Distilling step-by-step on jsonl: the paper's recipe (see base.py).
 
 Your own data: {train,valid,test}.jsonl under --config.data_dir with id/input/label/rationale.
-Run: `python -m sbsd_jax.main --config=configs/jsonl.py --workdir=/tmp/jsonl`
+Run:
+  python -m sbsd_jax.main --config=configs/jsonl.py --workdir=runs/mine \
+      --config.data_dir=/path/to/jsonl_dir --config.vocabulary=/path/to/spiece.model \
+      --config.init_checkpoint=google/t5-v1_1-base
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Distilling step-by-step on svamp: the paper's recipe (see base.py).
 
 SVAMP (Patel et al., 2021): arithmetic word problems; the label is an equation, scored by value.
-Run: `python -m sbsd_jax.main --config=configs/svamp.py --workdir=/tmp/svamp`
+Run (the paper authors' datasets/ folder, a T5 checkpoint and its SentencePiece model):
+  python -m sbsd_jax.main --config=configs/svamp.py --workdir=runs/svamp \
+      --config.data_dir=datasets --config.vocabulary=/path/to/spiece.model \
+      --config.init_checkpoint=google/t5-v1_1-base
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ renting the slice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sbsd_jax.experiments.config_files import parse_config_flags  # noqa: E402
 from sbsd_jax.train import config_validation  # noqa: E402
 from sbsd_jax.train import mesh as mesh_lib  # noqa: E402
 from sbsd_jax.train import step as step_lib  # noqa: E402
@@ -161,7 +163,7 @@ def compile_train_step(
     config: ml_collections.ConfigDict, devices: list[jax.Device]
 ) -> tuple[jax.stages.Compiled, step_lib.TrainProgram]:
     """Lowers and compiles the real train step for `devices` without allocating anything."""
-    config_validation.validate(config, len(devices))
+    config_validation.validate(config, len(devices), check_data=False)
     mesh = mesh_lib.make_mesh(config, devices)
     program = step_lib.build_train_program(config, mesh, platform=devices[0].platform)
     lowered = program.train_step.lower(
@@ -238,4 +240,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=functools.partial(parse_config_flags, program="sbsd_jax.aot"))

@@ -10,11 +10,14 @@ the best (or, with --config.export_which=final, the last) student as a Hugging F
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from sbsd_jax.experiments.config_files import EXIT_CONFIG_ERROR, parse_config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); override fields with --config.X=..."
@@ -24,7 +27,7 @@ _WORKDIR = flags.DEFINE_string(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_CONFIG_ERROR = 2
+EXIT_BAD_INPUT = 1
 
 
 def main(argv: Sequence[str]) -> int:
@@ -44,6 +47,8 @@ def main(argv: Sequence[str]) -> int:
     from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
     apply_default_xla_flags()  # before JAX creates its backends
+    from sbsd_jax.data.examples import DataFormatError
+    from sbsd_jax.train.checkpointing import CorruptCheckpointError
     from sbsd_jax.train.loop import ConfigError, train_and_evaluate
 
     try:
@@ -51,37 +56,19 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as error:
         print(f"sbsd_jax.main: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except (DataFormatError, CorruptCheckpointError) as error:
+        # Bad input files: the message names the file (and line / field); no traceback needed.
+        print(f"sbsd_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(summary.describe())
     return 0
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, but an override of a field the config lacks is named, not a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        print(f"FATAL Flags parsing error: {error}", file=sys.stderr)
-        print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
-        sys.exit(1)
-    except (AttributeError, KeyError) as error:
-        # ml_collections raises AttributeError/KeyError("'name'") for --config.name=... when the
-        # config has no such field (configs are locked: no new fields from the command line).
-        missing = str(error).strip("\"'")
-        culprits = [arg for arg in argv[1:] if arg.startswith("--config.") and missing in arg]
-        where = culprits[0] if culprits else f"--config.{missing}"
-        print(
-            f"sbsd_jax.main: unknown config field {missing!r} in {where}; see configs/base.py "
-            "for the fields (new fields cannot be added from the command line)",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_CONFIG_ERROR)
 
 
 def run() -> None:
     from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
 
     restart_with_huge_page_malloc()  # once, before JAX starts any thread
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=functools.partial(parse_config_flags, program="sbsd_jax.main"))
 
 
 if __name__ == "__main__":

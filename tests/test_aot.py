@@ -89,3 +89,18 @@ def test_tiny_train_step_compiles_for_a_v5e_2x2_slice_and_reports_its_memory():
     assert 0 < report.argument_bytes < report.total_bytes
     assert report.alias_bytes > 0  # the donated state is updated in place
     assert report.fits
+
+
+def test_an_unknown_config_field_is_named_like_the_trainer_does():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.aot", f"--config={CONFIGS / 'cqa.py'}", "--config.foo=1"],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "sbsd_jax.aot: unknown config field 'foo' in --config.foo=1" in result.stderr

@@ -15,6 +15,7 @@ from sbsd_jax.train.checkpointing import (
     Checkpointer,
     CheckpointPolicy,
     CorruptCheckpointError,
+    IncompatibleCheckpointError,
     abstract_like,
     read_state_arrays,
 )
@@ -112,6 +113,48 @@ def test_a_corrupt_committed_checkpoint_raises_an_error_naming_its_directory(tmp
         pytest.raises(CorruptCheckpointError, match=str(tmp_path / "4")),
     ):
         checkpointer.restore_latest(abstract_like(_state(mesh, 0)))
+
+
+def test_a_checkpoint_of_another_model_names_the_arrays_that_differ(tmp_path):
+    mesh = _mesh()
+    with Checkpointer(tmp_path, CheckpointPolicy()) as checkpointer:
+        checkpointer.save(4, _state(mesh, 4), {"index": 4})
+    other_model = abstract_like(_state(mesh, 0))
+    other_model["params"]["w"] = jax.ShapeDtypeStruct((8, 2), jnp.float32)
+    other_model["params"]["b"] = jax.ShapeDtypeStruct((2,), jnp.float32)
+    del other_model["opt"]
+    with (
+        Checkpointer(tmp_path, CheckpointPolicy()) as checkpointer,
+        pytest.raises(IncompatibleCheckpointError) as caught,
+    ):
+        checkpointer.restore_latest(other_model)
+    message = str(caught.value)
+    assert str(tmp_path / "4") in message and "(3 arrays differ)" in message
+    assert "params/w: checkpoint shape (8, 4), this run (8, 2)" in message
+    assert "params/b: in this run, not in the checkpoint" in message
+    assert "opt/mu: in the checkpoint, not in this run" in message
+    assert "Delete" not in message  # the checkpoint is fine; the config is what changed
+
+
+def test_a_step_whose_evaluation_was_cut_short_is_marked_until_replaced(tmp_path):
+    mesh = _mesh()
+    with Checkpointer(tmp_path, CheckpointPolicy(keep_last=1, keep_best=1)) as checkpointer:
+        checkpointer.save(2, _state(mesh, 2), {"index": 2}, metrics={"valid_accuracy": 0.5})
+        checkpointer.save(4, _state(mesh, 4), {"index": 4}, evaluation_pending=True)
+        checkpointer.wait_until_finished()
+    with Checkpointer(tmp_path, CheckpointPolicy(keep_last=1, keep_best=1)) as checkpointer:
+        restored = checkpointer.restore_latest(abstract_like(_state(mesh, 0)))
+        assert restored is not None and (restored.step, restored.evaluation_pending) == (4, True)
+        checkpointer.replace(
+            4, restored.state, restored.data_state, metrics={"valid_accuracy": 0.8}
+        )
+        checkpointer.wait_until_finished()
+        assert not checkpointer.evaluation_pending(4)
+        assert checkpointer.best_step() == 4
+        assert checkpointer.all_steps() == [4]  # step 2 is no longer the best
+        again = checkpointer.restore(4, abstract_like(_state(mesh, 0)))
+    np.testing.assert_array_equal(again.state["params"]["w"], _state(mesh, 4)["params"]["w"])
+    assert again.data_state == {"index": 4} and not again.evaluation_pending
 
 
 def test_restoring_a_missing_step_lists_the_committed_ones(tmp_path):

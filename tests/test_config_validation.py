@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import tempfile
 
 import ml_collections
 import pytest
@@ -27,7 +28,9 @@ def load_config(name: str) -> ml_collections.ConfigDict:
 
 
 def good_config() -> ml_collections.ConfigDict:
-    return load_config("cqa")
+    config = load_config("cqa")
+    config.data_dir = tempfile.gettempdir()  # validate checks only that the folder exists
+    return config
 
 
 def errors_of(config: ml_collections.ConfigDict, num_devices: int = 8) -> str:
@@ -49,8 +52,8 @@ def test_every_experiment_config_has_the_paper_recipe_and_validates(name):
         "step_by_step",
         1.0,
     )
-    if name == "jsonl":
-        config.data_dir = "/data/mine"
+    if config.data_source in ("paper", "jsonl"):
+        config.data_dir = tempfile.gettempdir()
     for devices in (1, 8):
         validate(config, devices)
 
@@ -175,9 +178,19 @@ def test_grad_accum_must_divide_the_batch_and_leave_data_parallel_micro_batches(
     validate(config, 8)
 
 
-def test_jsonl_needs_a_data_dir_and_bad_model_overrides_are_named():
+def test_file_sources_need_an_existing_data_dir_and_bad_model_overrides_are_named(tmp_path):
     config = load_config("jsonl")
-    assert "config.data_dir is empty" in errors_of(config)
+    assert "config.data_dir is empty: data_source 'jsonl' needs the folder holding" in errors_of(
+        config
+    )
+    config = load_config("svamp")
+    assert "config.data_dir is empty: data_source 'paper' needs the paper authors'" in errors_of(
+        config
+    )
+    config.data_dir = str(tmp_path / "nowhere")
+    assert f"config.data_dir='{tmp_path / 'nowhere'}': no such directory" in errors_of(config)
+    config.data_dir = "gs://bucket/datasets"  # remote folders are checked when read
+    validate(config, 8)
     config = good_config()
     config.model_overrides.dropout_rate = 1.0
     assert "config.model_overrides: T5Config.dropout_rate must be in [0, 1)" in errors_of(config)
@@ -230,3 +243,66 @@ def test_default_xla_flags_are_appended_unless_the_user_set_them():
     empty: dict[str, str] = {}
     apply_default_xla_flags(empty)
     assert empty["XLA_FLAGS"] == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+
+
+def test_eval_splits_must_be_known_split_names():
+    config = good_config()
+    config.eval_splits = ("validation",)
+    assert "config.eval_splits=('validation',): must be a tuple of split names" in errors_of(config)
+    config.eval_splits = ()
+    validate(config, 8)
+
+
+def test_exporting_the_best_checkpoint_needs_validation_and_keeping_the_best():
+    config = good_config()
+    config.export_hf_dir = "/tmp/out"
+    config.eval_splits = ("test",)
+    assert "config.export_which='best' ranks checkpoints by validation accuracy" in errors_of(
+        config
+    )
+    config.eval_splits = ("valid", "test")
+    config.keep_best = False
+    assert "config.export_which='best' needs config.keep_best=True" in errors_of(config)
+    config.export_which = "final"
+    validate(config, 8)
+
+
+def test_the_vocabulary_must_exist_and_fit_the_embedding_table(tmp_path):
+    import sentencepiece
+
+    config = good_config()
+    config.vocabulary = str(tmp_path / "spiece.model")
+    assert f"config.vocabulary='{tmp_path / 'spiece.model'}': neither 'byte'" in errors_of(config)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"sentence number {i} about apples and pears" for i in range(200)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "spiece"),
+        vocab_size=40,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+    )
+    validate(config, 8)  # 40 ids fit t5_v1_1_base's 32128
+    config.model_overrides.vocab_size = 32
+    assert "has 40 ids but the model's vocab_size is 32" in errors_of(config)
+    config.vocabulary = "byte"
+    assert "config.vocabulary='byte' has 259 ids but the model's vocab_size is 32" in errors_of(
+        config
+    )
+
+
+def test_the_byte_vocabulary_size_is_seqios():
+    import seqio
+
+    from sbsd_jax.train.config_validation import BYTE_VOCABULARY_SIZE
+
+    assert seqio.ByteVocabulary().vocab_size == BYTE_VOCABULARY_SIZE
+
+
+def test_the_ahead_of_time_compile_skips_the_data_checks():
+    config = good_config()
+    config.data_dir, config.vocabulary = "", "/nowhere/spiece.model"
+    assert "config.data_dir is empty" in errors_of(config)
+    validate(config, 8, check_data=False)

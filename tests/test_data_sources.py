@@ -437,6 +437,21 @@ def test_jsonl_source_for_the_users_own_data(tmp_path):
     assert kept.splits["train"][5].label == "7" and kept.splits["train"][5].rationale is None
 
 
+def test_rationales_without_teacher_labels_report_no_teacher_accuracy(tmp_path):
+    """Human-written rationales (or a teacher that gave no labels) have nothing to score:
+    the report shows '-' rather than a teacher accuracy of 0%."""
+    rows = [{"input": f"in {i}", "label": "yes", "rationale": f"why {i}"} for i in range(4)]
+    for split in ("train", "valid", "test"):
+        write_jsonl(str(tmp_path / f"{split}.jsonl"), rows)
+    spec = DatasetSpec(dataset="jsonl", source="jsonl", data_dir=str(tmp_path), label_type="gt")
+    report = load_dataset_splits(spec).report
+    assert report.splits["train"].num_teacher_outputs == 4
+    assert report.splits["train"].teacher_accuracy is None
+    assert report.splits["train"].teacher_accuracy_parsed is None
+    train_line = next(line for line in report.format().splitlines() if line.startswith("train"))
+    assert "0.00%" not in train_line and " - " in train_line
+
+
 def test_jsonl_source_errors_name_the_field(tmp_path):
     write_jsonl(str(tmp_path / "train.jsonl"), [{"input": "a", "label": "b"}, {"input": "c"}])
     write_jsonl(str(tmp_path / "test.jsonl"), [{"input": "a", "label": "b"}])

@@ -10,6 +10,7 @@ import pytest
 from sbsd_jax.data.examples import Example
 from sbsd_jax.eval.evaluator import (
     EvalSettings,
+    EvaluationInterrupted,
     TextCodec,
     encode_inputs,
     evaluate,
@@ -121,16 +122,18 @@ def _codec(prefix: str = "") -> TextCodec:
 
 
 class _EchoDecoder:
-    """Returns each row's input tokens as its output (0-padded), and records the shapes seen."""
+    """Returns each row's input tokens as its output, cut to the requested output length
+    (0-padded), and records the input shapes and output lengths asked for."""
 
-    def __init__(self, max_decode_length: int) -> None:
-        self.max_decode_length = max_decode_length
+    def __init__(self) -> None:
         self.shapes: list[tuple[int, ...]] = []
+        self.decode_lengths: list[int] = []
 
-    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+    def __call__(self, tokens: np.ndarray, max_decode_length: int) -> np.ndarray:
         self.shapes.append(tokens.shape)
-        out = np.zeros((tokens.shape[0], self.max_decode_length), np.int32)
-        width = min(tokens.shape[1], self.max_decode_length)
+        self.decode_lengths.append(max_decode_length)
+        out = np.zeros((tokens.shape[0], max_decode_length), np.int32)
+        width = min(tokens.shape[1], max_decode_length)
         out[:, :width] = tokens[:, :width]
         return out
 
@@ -147,7 +150,7 @@ def test_evaluate_pads_to_fixed_batches_and_scores_every_real_example():
     settings = EvalSettings(
         dataset="cqa", method="standard", batch_size=4, max_input_length=512, max_decode_length=16
     )
-    decoder = _EchoDecoder(16)
+    decoder = _EchoDecoder()
     result = evaluate(
         _examples(10), split="valid", step=7, settings=settings, codec=_codec(), generate=decoder
     )
@@ -175,7 +178,7 @@ def test_evaluate_can_decode_rationales_for_inspection_and_cap_examples():
         step=1,
         settings=settings,
         codec=_codec(),
-        generate=_EchoDecoder(32),
+        generate=_EchoDecoder(),
     )
     assert len(result.records) == 5
     assert result.records[1].rationale == "explain: 1+1"
@@ -188,3 +191,41 @@ def test_long_inputs_are_truncated_keeping_the_final_eos_and_outputs_stop_at_eos
     assert strip_output([5, 0, 6, 1, 7, 0]) == [5, 6]
     assert padded_length([3, 70], 1024) == 128
     assert padded_length([3, 70], 100) == 100
+
+
+def test_rationales_are_decoded_to_their_own_length_not_the_labels():
+    settings = EvalSettings(
+        dataset="cqa",
+        method="step_by_step",
+        batch_size=4,
+        max_input_length=64,
+        max_decode_length=3,  # labels are short
+        decode_rationales=True,
+        rationale_max_decode_length=32,  # rationales were trained at the target length
+    )
+    decoder = _EchoDecoder()
+    result = evaluate(
+        _examples(4), split="valid", step=1, settings=settings, codec=_codec(), generate=decoder
+    )
+    assert decoder.decode_lengths == [3, 32]
+    assert result.records[1].prediction == "1+1"
+    assert result.records[1].rationale == "explain: 1+1"  # 12 tokens: more than the label's 3
+
+
+def test_an_evaluation_asked_to_stop_raises_between_batches_and_scores_nothing():
+    settings = EvalSettings(
+        dataset="cqa", method="standard", batch_size=2, max_input_length=64, max_decode_length=8
+    )
+    decoder = _EchoDecoder()
+    answers = iter([False, False, True])
+    with pytest.raises(EvaluationInterrupted):
+        evaluate(
+            _examples(10),
+            split="valid",
+            step=1,
+            settings=settings,
+            codec=_codec(),
+            generate=decoder,
+            should_stop=lambda: next(answers),
+        )
+    assert len(decoder.shapes) == 2  # asked before each batch; the third was never decoded

@@ -119,14 +119,37 @@ def test_training_run_logs_falling_loss_evaluates_and_writes_every_file(tmp_path
     assert (export_dir / "model.safetensors").is_file()
     # The summary says where the run's files are.
     assert str(workdir / "metrics.jsonl") in result.stdout
-    assert str(export_dir) in result.stdout
+    assert f"Hugging Face export: {export_dir} (step " in result.stdout
 
 
 def test_an_unknown_config_field_is_rejected_by_name(tmp_path):
     config = write_fixture(tmp_path)
     result = run_main(f"--config={config}", f"--workdir={tmp_path}", "--config.no_such_field=1")
-    assert result.returncode != 0
-    assert "no_such_field" in result.stderr
+    assert result.returncode == 2
+    assert (
+        "sbsd_jax.main: unknown config field 'no_such_field' in --config.no_such_field=1"
+        in result.stderr
+    )
+
+
+def test_a_missing_data_folder_is_a_config_error_without_a_traceback(tmp_path):
+    config = write_fixture(tmp_path)
+    nowhere = tmp_path / "nowhere"
+    result = run_main(f"--config={config}", f"--workdir={tmp_path}", f"--config.data_dir={nowhere}")
+    assert result.returncode == 2
+    assert f"config.data_dir='{nowhere}': no such directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_data_file_is_named_with_its_line_without_a_traceback(tmp_path):
+    config = write_fixture(tmp_path)
+    with (tmp_path / "data" / "train.jsonl").open("a") as handle:
+        handle.write('{"input": "1 plus 2", "label": \n')  # line 65: cut off mid-object
+    result = run_main(f"--config={config}", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert "DataFormatError" in result.stderr and "train.jsonl" in result.stderr
+    assert "65" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_value_of_the_wrong_type_is_rejected(tmp_path):
@@ -194,3 +217,15 @@ def test_metrics_logger_appends_json_lines(tmp_path):
     ]
     MetricsLogger(tmp_path / "other", is_primary=False).write(1, {"x": 1.0})
     assert not (tmp_path / "other").exists()  # only process 0 writes
+
+
+def test_a_resumed_run_drops_the_rows_of_steps_it_will_redo(tmp_path):
+    logger = MetricsLogger(tmp_path, is_primary=True, tensorboard=False)
+    for step in (5, 10, 15):
+        logger.write(step, {"train_loss": 1.0 / step})
+    with (tmp_path / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 20, "train_lo')  # a SIGKILL in the middle of a write
+    assert logger.discard_after(10) == 2
+    assert [row["step"] for row in read_metrics(tmp_path)] == [5, 10]
+    logger.write(15, {"train_loss": 0.5})
+    assert [row["step"] for row in read_metrics(tmp_path)] == [5, 10, 15]

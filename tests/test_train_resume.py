@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,12 +121,14 @@ class Runs:
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
-    def start_and_signal(self, workdir: pathlib.Path, signum: int, at_step: int) -> tuple[int, str]:
+    def start_and_signal(
+        self, workdir: pathlib.Path, signum: int, at_step: int, *overrides: str
+    ) -> tuple[int, str]:
         """Starts a full run and sends `signum` once its progress line for `at_step` appears.
 
         Returns (exit status, stdout)."""
         process = subprocess.Popen(
-            self.command(workdir),
+            self.command(workdir, *overrides),
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -198,6 +201,9 @@ def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, refer
     assert f"Resuming from step {last}" in result.stdout
     final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
     _assert_states_bitwise_equal(final, reference_state)
+    # The steps after the checkpoint ran twice but are logged once.
+    logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
+    assert logged == list(range(1, NUM_STEPS + 1))
 
 
 @pytest.mark.slow
@@ -213,6 +219,60 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(runs):
         (workdir / "checkpoints" / str(stopped_at) / "data" / "metadata").read_text()
     )
     assert metadata["epoch"] * 40 + metadata["position"] == stopped_at * 8  # examples consumed
+
+
+EVALUATING = (
+    "--config.eval_splits=('valid', 'test')",
+    "--config.eval_every=6",
+    "--config.decode_rationales=True",
+)
+
+
+@pytest.mark.slow
+def test_sigterm_during_evaluation_checkpoints_at_once_and_the_resume_evaluates_first(
+    runs, reference_state
+):
+    workdir = runs.root / "preempted_in_evaluation"
+    # The progress line of step 6 is printed just before step 6's evaluation starts.
+    status, stdout = runs.start_and_signal(workdir, signal.SIGTERM, 6, *EVALUATING)
+    assert status == 0
+    assert "Stopped by SIGTERM at step 6/" in stdout
+    assert _committed_steps(workdir)[-1] == 6
+    metadata = json.loads((workdir / "checkpoints" / "6" / "_CHECKPOINT_METADATA").read_text())
+    assert metadata["custom_metadata"] == {"evaluation_pending": True}
+    assert not any("valid_accuracy" in line for line in (workdir / "metrics.jsonl").open())
+
+    runs.run(workdir, *EVALUATING)
+    evaluations = [
+        row["step"]
+        for row in map(json.loads, (workdir / "metrics.jsonl").open())
+        if "valid_accuracy" in row
+    ]
+    assert evaluations == [6, 12, 18, 24]
+    assert (workdir / "predictions" / "test_step_6.jsonl").is_file()
+    final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
+    _assert_states_bitwise_equal(final, reference_state)  # decoding never touches training
+
+
+@pytest.mark.slow
+def test_resuming_with_another_model_shape_is_refused_naming_arrays_and_fields(runs, tmp_path):
+    workdir = tmp_path / "finished"
+    shutil.copytree(runs.root / "uninterrupted", workdir)
+    saved_config = (workdir / "config.json").read_text()
+    result = subprocess.run(
+        runs.command(workdir, "--config.model_overrides.d_ff=48"),
+        cwd=REPO,
+        env=runs.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 2
+    assert "was written for a different model or optimizer than this run's config" in result.stderr
+    assert "checkpoint shape (64, 128), this run (64, 48)" in result.stderr
+    assert "model_overrides.d_ff: None -> 48" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (workdir / "config.json").read_text() == saved_config  # the record is kept
 
 
 def test_sigterm_only_sets_a_flag_and_the_previous_handler_comes_back():

@@ -47,16 +47,20 @@ class SplitReport:
     teacher_correct: int = 0
     label_fallbacks_to_gt: int = 0
 
+    # False when the teacher's outputs carry rationales but no labels (e.g. JSONL rows with
+    # `rationale` and no `llm_label`): there is no teacher accuracy to report then.
+    teacher_labels: bool = True
+
     @property
     def teacher_accuracy(self) -> float | None:
-        if not self.num_teacher_outputs:
+        if not self.num_teacher_outputs or not self.teacher_labels:
             return None
         return self.teacher_correct / self.num_teacher_outputs
 
     @property
     def teacher_accuracy_parsed(self) -> float | None:
         parsed = self.num_teacher_outputs - self.parse_failures
-        return self.teacher_correct / parsed if parsed else None
+        return self.teacher_correct / parsed if parsed and self.teacher_labels else None
 
 
 @dataclasses.dataclass

@@ -141,6 +141,10 @@ def _split_report(
     if has_teacher:
         report.num_teacher_outputs = len(examples)
         report.teacher_correct = sum(labels_match(dataset, e.llm_label, e.label) for e in examples)
+        # A completion that could not be parsed still was a labelling attempt (it counts wrong).
+        report.teacher_labels = any(
+            e.llm_label is not None or e.parse_error is not None for e in examples
+        )
     return report
 
 

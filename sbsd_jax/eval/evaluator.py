@@ -2,10 +2,14 @@
 
 The label task is decoded for every example (standard: the bare input; step_by_step: the
 'predict:' input; cot: the rationale-then-label output, whose label follows the answer cue).
-Optionally the explain task is decoded too, for inspection only. Batches always have the same
-shape: `batch_size` rows (missing rows are all-pad and dropped afterwards) and one input length
-per split (the longest input, rounded up to a multiple of 64 and capped), so the jitted decoder
-compiles once per split.
+Optionally the explain task is decoded too, for inspection only, up to its own (longer) length:
+rationales are trained at the target length, labels need few tokens. Batches always have the
+same shape: `batch_size` rows (missing rows are all-pad and dropped afterwards) and one input
+length per split (the longest input, rounded up to a multiple of 64 and capped), so the jitted
+decoder compiles once per split and output length.
+
+A long evaluation can be interrupted between batches (`should_stop`, e.g. a SIGTERM on a
+preempted VM): it raises EvaluationInterrupted so the caller can checkpoint at once.
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ PAD_ID = 0
 LENGTH_QUANTUM = 64
 
 # Decodes a padded int32 [batch, input_length] array of encoder tokens into int32
-# [batch, max_decode_length] output tokens (0 after EOS). The caller binds the model.
-GenerateFn = Callable[[np.ndarray], np.ndarray]
+# [batch, max_decode_length] output tokens (0 after EOS): generate(tokens, max_decode_length).
+# The caller binds the model.
+GenerateFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+class EvaluationInterrupted(Exception):
+    """`should_stop` said stop between two decoding batches; nothing was scored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +48,7 @@ class EvalSettings:
     max_input_length: int
     max_decode_length: int
     decode_rationales: bool = False
+    rationale_max_decode_length: int = 0  # 0 = max_decode_length
     max_examples: int = 0  # 0 = all
 
     def __post_init__(self) -> None:
@@ -46,6 +56,10 @@ class EvalSettings:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.batch_size}")
         if self.max_decode_length < 1:
             raise ValueError(f"eval_max_decode_length must be >= 1, got {self.max_decode_length}")
+        if self.rationale_max_decode_length < 0:
+            raise ValueError(
+                f"rationale_max_decode_length must be >= 0, got {self.rationale_max_decode_length}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,13 +137,20 @@ def decode_texts(
     codec: TextCodec,
     generate: GenerateFn,
     settings: EvalSettings,
+    *,
+    max_decode_length: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
-    """Greedy outputs for `texts`, in order, in fixed-shape batches."""
+    """Greedy outputs for `texts`, in order, in fixed-shape batches (default length: the
+    label's). `should_stop` is asked before each batch; True raises EvaluationInterrupted."""
+    decode_length = max_decode_length or settings.max_decode_length
     rows = encode_inputs(texts, codec.encode, settings.max_input_length)
     length = padded_length([len(r) for r in rows], settings.max_input_length)
     outputs: list[str] = []
     for tokens, real in batches(rows, settings.batch_size, length):
-        generated = np.asarray(generate(tokens))
+        if should_stop is not None and should_stop():
+            raise EvaluationInterrupted
+        generated = np.asarray(generate(tokens, decode_length))
         outputs.extend(codec.decode(strip_output(generated[i])) for i in range(real))
     return outputs
 
@@ -142,18 +163,34 @@ def evaluate(
     settings: EvalSettings,
     codec: TextCodec,
     generate: GenerateFn,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
-    """Decodes and scores `examples`; returns the metrics and one record per example."""
+    """Decodes and scores `examples`; returns the metrics and one record per example.
+
+    Raises EvaluationInterrupted when `should_stop()` turns True between batches."""
     started = time.perf_counter()
     if settings.max_examples > 0:
         examples = examples[: settings.max_examples]
-    decoded = decode_texts([codec.label_input(e) for e in examples], codec, generate, settings)
+    decoded = decode_texts(
+        [codec.label_input(e) for e in examples],
+        codec,
+        generate,
+        settings,
+        should_stop=should_stop,
+    )
     extracted = [extract_label(settings.method, settings.dataset, text) for text in decoded]
     predictions = [label for label, _ in extracted]
     rationales: list[str | None] = [rationale for _, rationale in extracted]
     if settings.decode_rationales and codec.rationale_input is not None:
         rationales = list(
-            decode_texts([codec.rationale_input(e) for e in examples], codec, generate, settings)
+            decode_texts(
+                [codec.rationale_input(e) for e in examples],
+                codec,
+                generate,
+                settings,
+                max_decode_length=settings.rationale_max_decode_length,
+                should_stop=should_stop,
+            )
         )
     labels = [e.label for e in examples]
     report = score(settings.dataset, predictions, labels)

@@ -9,8 +9,14 @@ data iterator's JSON position). Which steps survive is one preservation policy: 
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when every host has
 finished (on object stores it writes `commit_success.txt` instead), so a crash mid-save leaves a
-temporary directory that `latest_step` never returns. A committed step that cannot be read
-raises `CorruptCheckpointError` naming its directory.
+temporary directory that `latest_step` never returns. Before reading a step its array shapes
+are compared with the target: a checkpoint written for another model or optimizer raises
+`IncompatibleCheckpointError` listing the arrays that differ; a committed step that still cannot
+be read raises `CorruptCheckpointError` naming its directory.
+
+A step saved while its evaluation was cut short (SIGTERM during decoding) carries
+`evaluation_pending` in its Orbax custom metadata; the loop evaluates it after resuming and
+`replace`s it with the same state plus the validation metrics.
 """
 
 from __future__ import annotations
@@ -31,8 +37,17 @@ BEST_METRIC = "valid_accuracy"
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
+_EVALUATION_PENDING = "evaluation_pending"
+_MAX_LISTED_MISMATCHES = 8
+
+
 class CorruptCheckpointError(ValueError):
     """A committed checkpoint directory that cannot be restored; the message names it."""
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A readable checkpoint whose arrays do not match this run's train state (another model,
+    optimizer or layer layout); the message names the directory and the arrays that differ."""
 
 
 class _DropMissingMetricsWarning(logging.Filter):
@@ -74,6 +89,7 @@ class RestoredCheckpoint:
     state: Any
     data_state: dict[str, Any]
     metrics: dict[str, float] | None
+    evaluation_pending: bool = False
 
 
 def _best_metric(metrics: Mapping[str, Any]) -> float:
@@ -102,6 +118,40 @@ def abstract_like(state: Any) -> Any:
         return x
 
     return jax.tree.map(to_abstract, state)
+
+
+def _path_name(key_path: tuple[Any, ...]) -> str:
+    """'params/encoder/layers/0/...' for a pytree key path of dicts, sequences or attributes."""
+    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in key_path)
+    return "/".join(str(part) for part in parts)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        _path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+        for path, leaf in leaves
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    }
+
+
+def shape_mismatches(saved: Any, target: Any) -> list[str]:
+    """How the arrays of `saved` (e.g. Orbax's metadata tree) differ from `target`'s, one line
+    per array: missing on either side, or another shape. Empty when they match. (A dtype
+    change alone is not listed: Orbax casts on restore, e.g. float32 -> bfloat16 params.)"""
+    saved_shapes, target_shapes = _shapes_by_path(saved), _shapes_by_path(target)
+    lines = []
+    for name in sorted(saved_shapes.keys() | target_shapes.keys()):
+        if name not in target_shapes:
+            lines.append(f"{name}: in the checkpoint, not in this run")
+        elif name not in saved_shapes:
+            lines.append(f"{name}: in this run, not in the checkpoint")
+        elif saved_shapes[name][0] != target_shapes[name][0]:
+            lines.append(
+                f"{name}: checkpoint shape {saved_shapes[name][0]}, "
+                f"this run {target_shapes[name][0]}"
+            )
+    return lines
 
 
 class Checkpointer:
@@ -134,7 +184,14 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, item_names=(STATE_ITEM, DATA_ITEM), options=options
+            self.directory,
+            # Handlers named up front (not only item names) so that a new process can read a
+            # step's array metadata before restoring it.
+            item_handlers={
+                STATE_ITEM: ocp.StandardCheckpointHandler(),
+                DATA_ITEM: ocp.JsonCheckpointHandler(),
+            },
+            options=options,
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -171,10 +228,12 @@ class Checkpointer:
         data_state: Mapping[str, Any],
         *,
         metrics: Mapping[str, float] | None = None,
+        evaluation_pending: bool = False,
     ) -> bool:
         """Starts writing `state` and `data_state` as `step`; False if that step already exists.
 
         metrics: validation metrics with `valid_accuracy` (ranks the step for `keep_best`).
+        evaluation_pending: this step's evaluation was interrupted; resume must redo it.
         """
         if step in self._manager.all_steps():
             return False
@@ -191,7 +250,30 @@ class Checkpointer:
             args=args,
             metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
             force=True,
+            custom_metadata={_EVALUATION_PENDING: True} if evaluation_pending else None,
         )
+
+    def replace(
+        self,
+        step: int,
+        state: Any,
+        data_state: Mapping[str, Any],
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Writes `step` again (same state, now with `metrics` and no pending evaluation).
+
+        Used once a resumed run has done the evaluation a SIGTERM cut short. The step is
+        deleted first; a crash in between leaves the previous committed step to resume from."""
+        self._manager.wait_until_finished()
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        return self.save(step, state, data_state, metrics=metrics)
+
+    def evaluation_pending(self, step: int) -> bool:
+        """Whether `step` was saved while its evaluation had been interrupted."""
+        custom = self._manager.metadata(step).custom_metadata or {}
+        return bool(custom.get(_EVALUATION_PENDING, False))
 
     def restore(self, step: int, abstract_state: Any) -> RestoredCheckpoint:
         """Reads `step` into the shapes, dtypes and shardings of `abstract_state`
@@ -201,6 +283,21 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no committed checkpoint for step {step} in {self.directory} "
                 f"(committed steps: {self.all_steps()})"
+            )
+        try:
+            saved = self._manager.item_metadata(step)[STATE_ITEM]
+        except Exception:  # unreadable metadata: the restore below names the directory
+            saved = None
+        mismatches = shape_mismatches(saved, abstract_state) if saved is not None else []
+        if mismatches:
+            listed = mismatches[:_MAX_LISTED_MISMATCHES]
+            more = len(mismatches) - len(listed)
+            raise IncompatibleCheckpointError(
+                f"checkpoint {path} was written for a different model or optimizer than this "
+                f"run's config ({len(mismatches)} arrays differ):\n    "
+                + "\n    ".join(listed + ([f"... and {more} more"] if more else []))
+                + "\nResume with the config that wrote it (see config.json next to "
+                "checkpoints/), or use a new --workdir."
             )
         args = ocp.args.Composite(
             **{
@@ -226,6 +323,7 @@ class Checkpointer:
             state=restored[STATE_ITEM],
             data_state=data_state,
             metrics=self.metrics(step),
+            evaluation_pending=self.evaluation_pending(step),
         )
 
     def restore_latest(self, abstract_state: Any) -> RestoredCheckpoint | None:
@@ -260,7 +358,4 @@ def read_state_arrays(step_directory: str | os.PathLike[str]) -> dict[str, np.nd
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
         tree = reader.restore(path, args=ocp.args.StandardRestore(fallback_sharding=local))
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path): np.asarray(leaf)
-        for key_path, leaf in flat
-    }
+    return {_path_name(key_path): np.asarray(leaf) for key_path, leaf in flat}

@@ -8,6 +8,7 @@ so a run fails in its first second instead of after compiling for minutes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import ml_collections
@@ -25,6 +26,13 @@ COMPUTE_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float32", "float16")
 PARAM_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 EXPORT_WHICH: tuple[str, ...] = ("best", "final")
 RNG_IMPLS: tuple[str, ...] = ("threefry2x32", "rbg", "unsafe_rbg")
+EVAL_SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# seqio.ByteVocabulary: pad, EOS, UNK, then the 256 byte values (checked in the tests).
+BYTE_VOCABULARY_SIZE = 259
+_DATA_DIR_LAYOUTS = {
+    "paper": "the paper authors' datasets/ folder ({data_dir}/{dataset}/{dataset}_train.json)",
+    "jsonl": "the folder holding train.jsonl / valid.jsonl / test.jsonl",
+}
 
 
 class ConfigError(ValueError):
@@ -53,6 +61,72 @@ def _positive(config: ml_collections.ConfigDict, fields: Sequence[str]) -> list[
     return problems
 
 
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _data_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """data_dir where the source reads files, eval_splits, and what best-export needs."""
+    problems = []
+    source, data_dir = config.data_source, str(config.get("data_dir") or "")
+    if source in _DATA_DIR_LAYOUTS:
+        if not data_dir:
+            problems.append(
+                f"config.data_dir is empty: data_source {source!r} needs "
+                f"{_DATA_DIR_LAYOUTS[source]}; pass --config.data_dir=..."
+            )
+        elif _is_local(data_dir) and not os.path.isdir(data_dir):
+            problems.append(
+                f"config.data_dir={data_dir!r}: no such directory (data_source {source!r} "
+                f"needs {_DATA_DIR_LAYOUTS[source]})"
+            )
+    names = tuple(config.eval_splits or ())
+    if any(name not in EVAL_SPLITS for name in names):
+        problems.append(
+            f"config.eval_splits={names!r}: must be a tuple of split names from "
+            f'{", ".join(EVAL_SPLITS)}, e.g. --config.eval_splits=\'("valid", "test")\''
+        )
+    if config.export_hf_dir and config.export_which == "best":
+        if "valid" not in names:
+            problems.append(
+                "config.export_which='best' ranks checkpoints by validation accuracy, but "
+                f"config.eval_splits={tuple(names)!r} has no 'valid'; add it or export "
+                "with --config.export_which=final"
+            )
+        elif not config.keep_best:
+            problems.append(
+                "config.export_which='best' needs config.keep_best=True (otherwise the best "
+                "checkpoint may be deleted before the export); or use export_which=final"
+            )
+    return problems
+
+
+def _vocabulary_problems(config: ml_collections.ConfigDict, model_vocab_size: int) -> list[str]:
+    """The vocabulary exists and all its ids fit the model's embedding table (JAX would clamp
+    out-of-range ids silently)."""
+    spec = str(config.vocabulary or "")
+    if spec == "byte":
+        size = BYTE_VOCABULARY_SIZE
+    elif not spec or not os.path.isfile(spec):
+        return [
+            f"config.vocabulary={spec!r}: neither 'byte' nor an existing SentencePiece model "
+            "file (e.g. the spiece.model of the T5 checkpoint you start from)"
+        ]
+    else:
+        import sentencepiece
+
+        try:
+            size = sentencepiece.SentencePieceProcessor(model_file=spec).get_piece_size()
+        except (OSError, RuntimeError) as error:
+            return [f"config.vocabulary={spec!r}: not a SentencePiece model ({error})"]
+    if size > model_vocab_size:
+        return [
+            f"config.vocabulary={spec!r} has {size} ids but the model's vocab_size is "
+            f"{model_vocab_size}; use a larger --config.model_overrides.vocab_size"
+        ]
+    return []
+
+
 def _rules_problems(rules: object) -> list[str]:
     if not rules:
         return []
@@ -74,8 +148,17 @@ def _rules_problems(rules: object) -> list[str]:
     return problems
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
-    """Raises ConfigError listing everything wrong with `config` for `num_devices` devices."""
+def validate(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    num_processes: int = 1,
+    *,
+    check_data: bool = True,
+) -> None:
+    """Raises ConfigError listing everything wrong with `config` for `num_devices` devices.
+
+    check_data: also check data_dir, the vocabulary and the evaluation/export settings (off for
+    the ahead-of-time compile, which reads no data)."""
     problems: list[str] = []
 
     for field, allowed in (
@@ -101,9 +184,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         )
     else:
         try:
-            get_model_config(config.model, **model_overrides(config))
+            model_config = get_model_config(config.model, **model_overrides(config))
         except (ValueError, TypeError) as error:
             problems.append(f"config.model_overrides: {error}")
+        else:
+            if check_data:
+                problems += _vocabulary_problems(config, model_config.vocab_size)
 
     mode = config.get("distributed", {}).get("mode", "auto")
     if mode not in ("auto", "on", "off"):
@@ -145,11 +231,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         )
     if not 0.0 < float(config.train_fraction) <= 1.0:
         problems.append(f"config.train_fraction={config.train_fraction!r}: must be in (0, 1]")
-    if config.data_source == "jsonl" and not config.data_dir:
-        problems.append(
-            "config.data_dir is empty: data_source 'jsonl' needs the directory "
-            "holding train.jsonl / valid.jsonl / test.jsonl"
-        )
+    if check_data:
+        problems += _data_problems(config)
     problems += _rules_problems(config.get("logical_axis_rules"))
 
     try:

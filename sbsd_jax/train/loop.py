@@ -11,7 +11,8 @@
 4. Train. Step metrics stay on the device and are fetched every `log_every` steps only.
    Every `eval_every` steps: greedy-decode the eval splits, log accuracy, write predictions.
    Every `checkpoint_every` steps (and after each validation): an asynchronous checkpoint.
-   SIGTERM: checkpoint this step and return (the process exits 0).
+   SIGTERM: checkpoint this step and return (the process exits 0), also in the middle of an
+   evaluation (that step is saved as evaluation-pending and evaluated first on resume).
 5. At the end: evaluate every eval split (config.eval_splits, valid and test by default) on
    all its examples, checkpoint, optionally export the best or
    final student as a Hugging Face folder, and say where everything is.
@@ -34,7 +35,14 @@ import ml_collections
 import numpy as np
 
 from sbsd_jax.data.examples import Example
-from sbsd_jax.eval.evaluator import EvalResult, EvalSettings, TextCodec, evaluate
+from sbsd_jax.eval.evaluator import (
+    EvalResult,
+    EvalSettings,
+    EvaluationInterrupted,
+    TextCodec,
+    evaluate,
+)
+from sbsd_jax.eval.metrics import score
 from sbsd_jax.eval.predictions import predictions_path, write_predictions
 from sbsd_jax.train import config_validation
 from sbsd_jax.train import mesh as mesh_lib
@@ -42,6 +50,7 @@ from sbsd_jax.train.checkpointing import (
     CHECKPOINT_SUBDIR,
     Checkpointer,
     CheckpointPolicy,
+    IncompatibleCheckpointError,
 )
 from sbsd_jax.train.config_validation import ConfigError
 from sbsd_jax.train.metric_writers import MetricsLogger, ProgressBar, eval_summary
@@ -92,6 +101,7 @@ class RunSummary:
     best_step: int | None
     best_valid_accuracy: float | None
     exported_to: str | None = None
+    exported_step: int | None = None
 
     def describe(self) -> str:
         lines = []
@@ -118,7 +128,7 @@ class RunSummary:
         lines.append(f"  tensorboard: {self.paths.tensorboard}")
         lines.append(f"  predictions: {self.paths.predictions}")
         if self.exported_to:
-            lines.append(f"  Hugging Face export: {self.exported_to}")
+            lines.append(f"  Hugging Face export: {self.exported_to} (step {self.exported_step})")
         return "\n".join(lines)
 
 
@@ -144,12 +154,13 @@ def _to_host(array: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def _make_generate(program: Any, params: Any, max_decode_length: int):
-    """Host function: padded numpy encoder tokens -> numpy output tokens, decoded on the mesh."""
+def _make_generate(program: Any, params: Any):
+    """Host function: (padded numpy encoder tokens, output length) -> numpy output tokens,
+    decoded on the mesh (one compiled decoder per input shape and output length)."""
     from sbsd_jax.model import sharding as model_sharding
     from sbsd_jax.model.decode import greedy_decode
 
-    def generate(tokens: np.ndarray) -> np.ndarray:
+    def generate(tokens: np.ndarray, max_decode_length: int) -> np.ndarray:
         global_tokens = jax.make_array_from_callback(
             tokens.shape, program.batch_sharding, lambda index: tokens[index]
         )
@@ -188,6 +199,8 @@ def _eval_settings(config: ml_collections.ConfigDict, *, full: bool) -> EvalSett
         max_input_length=int(config.max_input_length),
         max_decode_length=int(config.eval_max_decode_length),
         decode_rationales=bool(config.decode_rationales),
+        # Rationales were trained at the target length; labels need only a few tokens.
+        rationale_max_decode_length=int(config.max_target_length),
         max_examples=0 if full else int(config.eval_max_examples),
     )
 
@@ -197,29 +210,32 @@ def _run_evaluation(
     splits: Mapping[str, Sequence[Example]],
     split_names: Sequence[str],
     step: int,
-    config: ml_collections.ConfigDict,
-    codec: TextCodec,
-    generate: Any,
+    params: Any,
     full: bool,
+    config: ml_collections.ConfigDict,
+    program: Any,
+    codec: TextCodec,
     paths: RunPaths,
     logger: MetricsLogger,
     progress: ProgressBar,
+    should_stop: Any,
 ) -> dict[str, EvalResult]:
+    """Decodes every split, then writes metrics, predictions and summaries: an evaluation cut
+    short by `should_stop` (EvaluationInterrupted) leaves no trace, so resuming redoes it."""
     settings = _eval_settings(config, full=full)
+    generate = _make_generate(program, params)
     results: dict[str, EvalResult] = {}
     for split in split_names:
-        if split not in splits:
-            logging.warning("no %r split to evaluate", split)
-            continue
-        result = evaluate(
+        results[split] = evaluate(
             splits[split],
             split=split,
             step=step,
             settings=settings,
             codec=codec,
             generate=generate,
+            should_stop=should_stop,
         )
-        results[split] = result
+    for split, result in results.items():
         metrics = result.metrics()
         metrics[f"{split}_eval_seconds"] = result.seconds
         logger.write(step, metrics)
@@ -230,10 +246,20 @@ def _run_evaluation(
     return results
 
 
-def _checkpoint_metrics(results: Mapping[str, EvalResult]) -> dict[str, float] | None:
+def _checkpoint_metrics(
+    results: Mapping[str, EvalResult], config: ml_collections.ConfigDict
+) -> dict[str, float] | None:
+    """What ranks a step for keep_best / export best: its validation accuracy, always over the
+    same examples (with eval_max_examples, the final full evaluation is scored on that prefix
+    too, so that it is compared like with like)."""
     if VALID_SPLIT not in results:
         return None
-    report = results[VALID_SPLIT].report
+    result = results[VALID_SPLIT]
+    report = result.report
+    limit = int(config.eval_max_examples)
+    if 0 < limit < len(result.records):
+        records = result.records[:limit]
+        report = score(config.dataset, [r.prediction for r in records], [r.label for r in records])
     return {"valid_accuracy": report.primary, "valid_exact_match": report.accuracy}
 
 
@@ -253,16 +279,17 @@ def _export(
     config: ml_collections.ConfigDict,
     checkpointer: Checkpointer,
     final_state: Any,
-) -> str:
-    """Writes the best (by validation accuracy) or final student as a Hugging Face folder."""
+) -> tuple[str, int]:
+    """Writes the best (by validation accuracy) or final student as a Hugging Face folder;
+    returns the folder and the step exported."""
     from sbsd_jax.model.hf_checkpoint import save_hf_t5
 
     params = final_state.params
+    step = int(jax.device_get(final_state.step))
     best = checkpointer.best_step()
-    if config.export_which == "best" and best is not None and best != int(final_state.step):
+    if config.export_which == "best" and best is not None and best != step:
         restored = checkpointer.restore(best, program.abstract_state_with_shardings)
-        params = restored.state.params
-        logging.info("exporting the best checkpoint (step %d)", best)
+        params, step = restored.state.params, best
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -271,13 +298,54 @@ def _export(
     out_dir = os.path.abspath(config.export_hf_dir)
     if jax.process_index() == 0:
         save_hf_t5(jax.device_get(params), program.model_config, out_dir, tokenizer_file=tokenizer)
-    return out_dir
+    return out_dir, step
+
+
+def _config_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
 
 
 def _write_config(config: ml_collections.ConfigDict, path: str) -> None:
     if jax.process_index() == 0:
         with open(path, "w", encoding="utf-8") as handle:
-            handle.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+            handle.write(_config_json(config))
+
+
+def _flat_fields(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flat_fields(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): tree}
+
+
+def config_changes(previous_json: str | None, config: ml_collections.ConfigDict) -> list[str]:
+    """'field: old -> new' for every field that differs from a run's saved config.json."""
+    if previous_json is None:
+        return []
+    try:
+        previous = _flat_fields(json.loads(previous_json))
+    except json.JSONDecodeError:
+        return ["config.json of the earlier run is not valid JSON"]
+    current = _flat_fields(json.loads(_config_json(config)))
+
+    def shown(fields: dict[str, Any], name: str) -> str:
+        return repr(fields[name]) if name in fields else "(absent)"
+
+    return [
+        f"{name}: {shown(previous, name)} -> {shown(current, name)}"
+        for name in sorted(previous.keys() | current.keys())
+        if shown(previous, name) != shown(current, name)
+    ]
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +376,6 @@ def _train_and_evaluate(
     config_validation.validate(config, jax.device_count(), jax.process_count())
     paths = RunPaths.of(workdir)
     os.makedirs(paths.workdir, exist_ok=True)
-    _write_config(config, paths.config)
     mesh = mesh_lib.make_mesh(config)
     program = build_train_program(config, mesh)
 
@@ -316,6 +383,15 @@ def _train_and_evaluate(
     prepared = pipeline.prepare_data(config)
     if prepared.report is not None and jax.process_index() == 0:
         print(prepared.report.format(), flush=True)
+    missing_splits = [split for split in config.eval_splits if split not in prepared.splits]
+    if missing_splits:
+        raise ConfigError(
+            [
+                f"config.eval_splits={tuple(config.eval_splits)!r}: the data has no "
+                f"{', '.join(map(repr, missing_splits))} split (it has "
+                f"{', '.join(sorted(prepared.splits))})"
+            ]
+        )
     train_iterator = pipeline.make_train_iterator(config, prepared=prepared)
     codec = _text_codec(prepared.registered.vocabulary, config.method)
 
@@ -324,7 +400,14 @@ def _train_and_evaluate(
         keep_last=int(config.keep_checkpoints), keep_best=1 if config.keep_best else 0
     )
     checkpointer = cleanup.enter_context(Checkpointer(paths.checkpoints, policy))
-    restored = checkpointer.restore_latest(program.abstract_state_with_shardings)
+    changes = config_changes(_read_text(paths.config), config)
+    try:
+        restored = checkpointer.restore_latest(program.abstract_state_with_shardings)
+    except IncompatibleCheckpointError as error:
+        raise ConfigError(
+            [str(error)]
+            + [f"changed since {paths.config} was written: {change}" for change in changes]
+        ) from error
     if restored is not None:
         state = restored.state
         try:
@@ -338,31 +421,51 @@ def _train_and_evaluate(
             ) from error
     else:
         state = _initial_state(program, config)
+    _write_config(config, paths.config)  # only now: a refused resume keeps the old record
     start_step = int(jax.device_get(state.step))
     total_steps = int(config.num_train_steps)
     if start_step > 0 and jax.process_index() == 0:
         print(f"Resuming from step {start_step} ({checkpointer.step_directory(start_step)})")
+        for change in changes:
+            print(f"  config changed since the last start: {change}")
 
     # 4. Train.
     logger = MetricsLogger(paths.workdir, is_primary=jax.process_index() == 0)
     cleanup.callback(logger.close)
+    logger.discard_after(start_step)  # rows of steps lost with a crash are logged again
     progress = ProgressBar(total_steps, start_step=start_step)
     evaluate_splits = functools.partial(
         _run_evaluation,
         splits=prepared.splits,
         split_names=tuple(config.eval_splits),
         config=config,
+        program=program,
         codec=codec,
         paths=paths,
         logger=logger,
         progress=progress,
+        should_stop=watcher.should_stop_now,
     )
     last_results: dict[str, EvalResult] = {}
     window: list[Mapping[str, jax.Array]] = []
     preempted = False
     step = start_step
+    if restored is not None and restored.evaluation_pending:
+        # A SIGTERM cut this step's evaluation short: do it now, then rank the step with it.
+        try:
+            last_results = evaluate_splits(step=step, params=state.params, full=step == total_steps)
+        except EvaluationInterrupted:
+            preempted = True
+            progress.message(f"SIGTERM during the evaluation of step {step}, exiting")
+        else:
+            checkpointer.replace(
+                step,
+                state,
+                train_iterator.get_state(),
+                metrics=_checkpoint_metrics(last_results, config),
+            )
     started = time.perf_counter()
-    while step < total_steps:
+    while step < total_steps and not preempted:
         batch = host_local_to_global(next(train_iterator), mesh, program.batch_sharding)
         state, metrics = program.train_step(state, batch)
         step += 1
@@ -376,18 +479,25 @@ def _train_and_evaluate(
             progress.update(step, {k: values[k] for k in ("loss",) if k in values})
 
         results: dict[str, EvalResult] = {}
+        evaluation_interrupted = False
         if step % int(config.eval_every) == 0 or is_last:
-            generate = _make_generate(program, state.params, int(config.eval_max_decode_length))
-            results = evaluate_splits(step=step, generate=generate, full=is_last)
+            try:
+                results = evaluate_splits(step=step, params=state.params, full=is_last)
+            except EvaluationInterrupted:
+                evaluation_interrupted = True
             last_results.update(results)
             progress.reset_clock(step)
 
-        stop = watcher.should_stop(step)
+        stop = evaluation_interrupted or watcher.should_stop(step)
         if step % int(config.checkpoint_every) == 0 or results or is_last or stop:
             checkpointer.save(
-                step, state, train_iterator.get_state(), metrics=_checkpoint_metrics(results)
+                step,
+                state,
+                train_iterator.get_state(),
+                metrics=_checkpoint_metrics(results, config),
+                evaluation_pending=evaluation_interrupted,
             )
-        if stop and not is_last:
+        if evaluation_interrupted or (stop and not is_last):
             preempted = True
             progress.message(f"SIGTERM: checkpointed step {step}, exiting")
             break
@@ -395,9 +505,9 @@ def _train_and_evaluate(
 
     # 5. Wrap up.
     checkpointer.wait_until_finished()
-    exported_to = None
+    exported_to = exported_step = None
     if config.export_hf_dir and not preempted:
-        exported_to = _export(program, config, checkpointer, state)
+        exported_to, exported_step = _export(program, config, checkpointer, state)
     best = checkpointer.best_step()
     best_metrics = checkpointer.metrics(best) if best is not None else None
     eval_metrics: dict[str, float] = {}
@@ -414,6 +524,7 @@ def _train_and_evaluate(
         best_step=best,
         best_valid_accuracy=(best_metrics or {}).get("valid_accuracy"),
         exported_to=exported_to,
+        exported_step=exported_step,
     )
 
 

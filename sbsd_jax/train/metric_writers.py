@@ -28,6 +28,14 @@ def _plain(value: Any) -> float | int | str:
     return float(value)
 
 
+def _row_step(line: str) -> int | None:
+    """The step of a metrics.jsonl row; None for a blank or partly written (crashed) line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricsLogger:
     """Appends scalars to metrics.jsonl and TensorBoard (process 0 only; others do nothing)."""
 
@@ -58,6 +66,25 @@ class MetricsLogger:
         if self._summary_writer is not None:
             numeric = {k: v for k, v in scalars.items() if isinstance(v, int | float)}
             self._summary_writer.write_scalars(int(step), numeric)
+
+    def discard_after(self, step: int) -> int:
+        """Drops the metrics.jsonl rows of steps after `step` (a resumed run redoes those steps
+        and logs them again) and any line a crash left half written; returns how many were
+        dropped. The TensorBoard event files are left as they are."""
+        if not self.is_primary or not self.metrics_path.exists():
+            return 0
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        row_steps = [_row_step(line) for line in lines]
+        kept = [
+            line
+            for line, row_step in zip(lines, row_steps, strict=True)
+            if row_step is not None and row_step <= step
+        ]
+        if len(kept) < len(lines):
+            temporary = self.metrics_path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(kept), encoding="utf-8")
+            os.replace(temporary, self.metrics_path)
+        return len(lines) - len(kept)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         if self._summary_writer is not None:

@@ -1,7 +1,8 @@
 """SIGTERM handling: a preempted spot VM gets a SIGTERM and some seconds before it dies.
 
-The signal handler only sets a flag; the train loop asks `should_stop(step)` after each step,
-saves a checkpoint at that step and exits with status 0. On several hosts every process must
+The signal handler only sets a flag; the train loop asks `should_stop(step)` after each step
+(and `should_stop_now()` between evaluation batches), saves a checkpoint at that step and exits
+with status 0. On several hosts every process must
 stop at the same step (the save is a collective), so the decision is shared: JAX's preemption
 sync point (the coordination service sees the notice on any host) or, failing that, a
 cross-host max of the local flags.
@@ -63,6 +64,19 @@ class PreemptionWatcher:
             pass  # no preemption service (e.g. not started by jax.distributed); use the flags
         if step % self.sync_every:
             return False
+        return self._requested_on_any_process()
+
+    def should_stop_now(self) -> bool:
+        """Whether to stop between two evaluation batches (same answer on every process).
+
+        Evaluation can outlast a preemption notice (~30 s on a spot VM), so it asks before each
+        batch. Every process decodes the same batches, so with several processes each call is
+        one small all-gather of the local flags."""
+        if jax.process_count() == 1:
+            return self._requested.is_set()
+        return self._requested_on_any_process()
+
+    def _requested_on_any_process(self) -> bool:
         from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.asarray(self._requested.is_set()))
