@@ -157,6 +157,15 @@ def test_a_step_whose_evaluation_was_cut_short_is_marked_until_replaced(tmp_path
     assert again.data_state == {"index": 4} and not again.evaluation_pending
 
 
+def test_the_only_checkpoint_is_never_deleted_to_be_replaced(tmp_path):
+    mesh = _mesh()
+    with Checkpointer(tmp_path, CheckpointPolicy(keep_last=1, keep_best=0)) as checkpointer:
+        checkpointer.save(4, _state(mesh, 4), {"index": 4}, evaluation_pending=True)
+        assert not checkpointer.replace(4, _state(mesh, 4), {}, metrics={"valid_accuracy": 1.0})
+        checkpointer.wait_until_finished()
+        assert checkpointer.all_steps() == [4] and checkpointer.evaluation_pending(4)
+
+
 def test_restoring_a_missing_step_lists_the_committed_ones(tmp_path):
     with Checkpointer(tmp_path, CheckpointPolicy()) as checkpointer:
         checkpointer.save(1, _state(_mesh(), 1), {})

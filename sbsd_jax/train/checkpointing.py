@@ -261,12 +261,20 @@ class Checkpointer:
         *,
         metrics: Mapping[str, float] | None = None,
     ) -> bool:
-        """Writes `step` again (same state, now with `metrics` and no pending evaluation).
+        """Writes `step` again (same state, now with `metrics` and no pending evaluation);
+        False, leaving `step` as it is, when it is the only committed step.
 
         Used once a resumed run has done the evaluation a SIGTERM cut short. The step is
-        deleted first; a crash in between leaves the previous committed step to resume from."""
+        deleted first, so a crash in between must leave an older committed step to resume from;
+        the only checkpoint (keep_checkpoints=1) is never put at risk for a ranking."""
         self._manager.wait_until_finished()
-        if step in self._manager.all_steps():
+        steps = self._manager.all_steps()
+        if step in steps:
+            if len(steps) == 1:
+                logging.warning(
+                    "checkpoint %s is the only one: kept without its validation metrics", step
+                )
+                return False
             self._manager.delete(step)
         return self.save(step, state, data_state, metrics=metrics)
 
