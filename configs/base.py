@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_schedule = "linear"  # constant | linear | linear_warmup_cosine | rsqrt
     config.warmup_steps = 0
     config.end_learning_rate_fraction = 0.0  # where linear / cosine decay ends, x peak
+    # Matrices only (never norm scales). adamw: decoupled, lr(t) * weight_decay * param per step.
+    # adafactor (T5X/optax): added after the learning-rate scaling, so weight_decay * param per
+    # step, NOT multiplied by the learning rate or its schedule.
     config.weight_decay = 0.0
     config.adam_b1 = 0.9
     config.adam_b2 = 0.999

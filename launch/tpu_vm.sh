@@ -30,7 +30,12 @@ tar -C "$root" --exclude=.git --exclude=.venv --exclude='__pycache__' -czf /tmp/
 gcloud compute tpus tpu-vm scp /tmp/sbsd-jax.tgz "$TPU_NAME":/tmp/sbsd-jax.tgz \
   --zone="$ZONE" "${project_flag[@]}" --worker=all
 # 2. Install once per worker (idempotent), then train. TensorFlow (input pipeline only) is
-#    kept off the TPU by sbsd_jax.data.tensorflow_runtime.
+#    kept off the TPU by sbsd_jax.data.tensorflow_runtime. TPU VM images based on Ubuntu
+#    22.04 ship Python 3.10; JAX needs 3.11+, so python3.11 comes from apt where missing.
+#    Every argument is shell-quoted for the remote shell (e.g. --config.eval_splits='("test",)').
+train_args="$(printf '%q ' "--config=$config" "--workdir=$workdir" "$@")"
 tpu_ssh "mkdir -p $remote_dir && tar -C $remote_dir -xzf /tmp/sbsd-jax.tgz && cd $remote_dir && \
+  { python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || command -v python3.11 \
+    || { sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv; }; } && \
   bash launch/setup_env.sh && .venv/bin/pip install -q 'jax[tpu]==$jax_version' && \
-  .venv/bin/python -m sbsd_jax.main --config=$config --workdir=$workdir $*"
+  .venv/bin/python -m sbsd_jax.main $train_args"

@@ -4,9 +4,10 @@ Usage: python tests/multihost_worker.py CONFIG_JSON WORKDIR RECORD_JSON
 CONFIG_JSON holds field overrides for configs/base.py (nested dicts for sub-configs). The
 process joins a multi-process job through SBSD_COORDINATOR / SBSD_NUM_PROCESSES /
 SBSD_PROCESS_ID (sbsd_jax.train.mesh.maybe_initialize_distributed), trains with
-train_and_evaluate, and writes RECORD_JSON: which global batch rows this process read and a
-fingerprint of every host-local batch it produced, so the test can check each host read only
-its share.
+train_and_evaluate, and writes RECORD_JSON: which global batch rows this process read, a
+fingerprint of every host-local batch it produced and the shape of every global batch built
+from them, so the test can check each host read only its share and that shares held by
+several hosts (a tensor axis across hosts) were not counted twice.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class RecordingIterator:
     def __init__(self, inner: Any, record: dict[str, Any]) -> None:
         self._inner = inner
         self._record = record
-        record["host_rows"] = [inner.host_rows.start, inner.host_rows.stop]
+        record["host_rows"] = inner.host_rows.tolist()
         record["rows_per_batch"] = inner.rows_per_batch
         record["batches"] = []
 
@@ -67,6 +68,7 @@ def main(config_json: str, workdir: str, record_path: str) -> None:
     import jax
 
     from sbsd_jax.data import pipeline
+    from sbsd_jax.train import partitioning
     from sbsd_jax.train.loop import train_and_evaluate
 
     config = load_config(json.loads(pathlib.Path(config_json).read_text()))
@@ -77,6 +79,15 @@ def main(config_json: str, workdir: str, record_path: str) -> None:
         return RecordingIterator(make_iterator(*args, **kwargs), record)
 
     pipeline.make_train_iterator = recording_make_train_iterator
+    to_global = partitioning.host_local_to_global
+    global_shapes: list[list[int]] = []
+
+    def recording_host_local_to_global(*args: Any, **kwargs: Any) -> Any:
+        batch = to_global(*args, **kwargs)
+        global_shapes.append(list(batch["encoder_input_tokens"].shape))
+        return batch
+
+    partitioning.host_local_to_global = recording_host_local_to_global
     summary = train_and_evaluate(config, workdir)
     record.update(
         process_index=jax.process_index(),
@@ -84,6 +95,7 @@ def main(config_json: str, workdir: str, record_path: str) -> None:
         device_count=jax.device_count(),
         local_device_count=jax.local_device_count(),
         summary=summary.describe(),
+        global_batch_shapes=global_shapes,
     )
     pathlib.Path(record_path).write_text(json.dumps(record))
 

@@ -104,3 +104,21 @@ def test_an_unknown_config_field_is_named_like_the_trainer_does():
     )
     assert result.returncode == 2
     assert "sbsd_jax.aot: unknown config field 'foo' in --config.foo=1" in result.stderr
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu for the topology's devices")
+@pytest.mark.parametrize(
+    "topology, layout",
+    [("v4:2x2x4", (2, 2, 4)), ("v5e:4x4", (1, 8, 2)), ("v5e:4x4", (2, 2, 4))],
+)
+def test_a_mesh_axis_that_cuts_across_the_torus_still_builds(topology, layout):
+    """JAX refuses these layouts unless physical axes may be split; the mesh falls back to it."""
+    from sbsd_jax.train import mesh as mesh_lib
+
+    config = ml_collections.ConfigDict(
+        {"mesh": {"data": layout[0], "fsdp": layout[1], "tensor": layout[2], "dcn_data": 1}}
+    )
+    devices = aot.topology_devices(topology)
+    mesh = mesh_lib.make_mesh(config, devices)
+    assert tuple(mesh.shape.values()) == layout
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)

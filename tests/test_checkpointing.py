@@ -187,3 +187,49 @@ def test_read_state_arrays_gives_numpy_arrays_by_path(tmp_path):
     arrays = read_state_arrays(tmp_path / "2")
     assert sorted(arrays) == ["opt/mu", "params/w", "step"]
     np.testing.assert_array_equal(arrays["params/w"], np.full((8, 4), 2.0, np.float32))
+
+
+def test_a_url_directory_reaches_orbax_as_given(monkeypatch, tmp_path):
+    """gs:// is not made a local '<cwd>/gs:' folder (Orbax is stubbed: no network)."""
+    import orbax.checkpoint as ocp
+
+    opened: list[str] = []
+
+    class FakeManager:
+        def __init__(self, directory, **kwargs):
+            opened.append(os.fspath(directory))
+
+        def wait_until_finished(self):
+            pass
+
+        def close(self):
+            pass
+
+    class FakeReader:
+        def __init__(self, handler):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            pass
+
+        def restore(self, path, args):
+            opened.append(os.fspath(path))
+            return {}
+
+    monkeypatch.setattr(ocp, "CheckpointManager", FakeManager)
+    monkeypatch.setattr(ocp, "Checkpointer", FakeReader)
+    monkeypatch.chdir(tmp_path)
+    with Checkpointer("gs://my-bucket/runs/cqa/checkpoints", CheckpointPolicy()) as checkpointer:
+        assert checkpointer.directory == "gs://my-bucket/runs/cqa/checkpoints"
+        assert checkpointer.step_directory(7) == "gs://my-bucket/runs/cqa/checkpoints/7"
+    with Checkpointer("local/checkpoints", CheckpointPolicy()) as checkpointer:
+        assert checkpointer.directory == str(tmp_path / "local" / "checkpoints")
+    assert read_state_arrays("gs://my-bucket/runs/cqa/checkpoints/7") == {}
+    assert opened == [
+        "gs://my-bucket/runs/cqa/checkpoints",
+        str(tmp_path / "local" / "checkpoints"),
+        "gs://my-bucket/runs/cqa/checkpoints/7/state",
+    ]

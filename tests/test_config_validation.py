@@ -124,6 +124,17 @@ def test_tensor_parallel_devices_do_not_count_as_data_parallel():
     validate(config, 8)  # fsdp fills to 4: a batch of 4 splits evenly
 
 
+def test_processes_sharing_batch_rows_need_no_batch_split_over_processes():
+    """A 'tensor' axis across 2 processes: both load the whole batch, so an odd batch works;
+    only the data*fsdp split of the rows is checked."""
+    config = good_config()
+    config.batch_size, config.eval_batch_size = 3, 3
+    config.mesh.update(data=1, fsdp=1, tensor=4)
+    validate(config, 4, num_processes=2)
+    config.mesh.update(data=1, fsdp=2, tensor=2)
+    assert "config.batch_size=3" in errors_of(config, num_devices=4)
+
+
 @pytest.mark.parametrize("alpha", [-0.1, 1.5])
 def test_alpha_outside_zero_one(alpha):
     config = good_config()
@@ -306,3 +317,20 @@ def test_the_ahead_of_time_compile_skips_the_data_checks():
     config.data_dir, config.vocabulary = "", "/nowhere/spiece.model"
     assert "config.data_dir is empty" in errors_of(config)
     validate(config, 8, check_data=False)
+
+
+def test_a_pretrained_sentencepiece_student_needs_its_vocabulary(tmp_path):
+    config = good_config()
+    config.init_checkpoint = "google/t5-v1_1-base"
+    assert "reads SentencePiece ids but config.vocabulary='byte'" in errors_of(config)
+    (tmp_path / "spiece.model").write_bytes(b"")
+    config.init_checkpoint = str(tmp_path)  # a local Hugging Face folder
+    assert "reads SentencePiece ids but config.vocabulary='byte'" in errors_of(config)
+    (tmp_path / "spiece.model").unlink()  # e.g. our own byte-level export
+    validate(config, 8)
+
+
+def test_the_hugging_face_export_goes_to_a_local_folder():
+    config = good_config()
+    config.export_hf_dir = "gs://bucket/export"
+    assert "the Hugging Face export writes a local folder" in errors_of(config)

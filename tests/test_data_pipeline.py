@@ -11,6 +11,7 @@ from sbsd_jax.data.feature_converter import first_fit_batch, next_fit_rows
 from sbsd_jax.data.features import BATCH_KEYS, TASK_LABEL, TASK_RATIONALE
 from sbsd_jax.data.pipeline import (
     IteratorStateError,
+    TrainIterator,
     dataset_spec_from_config,
     epoch_permutation,
     make_train_iterator,
@@ -155,6 +156,69 @@ def test_two_hosts_shares_together_are_the_single_host_global_batch(prepared, pa
 def test_rows_that_do_not_split_over_processes_are_an_error(prepared):
     with pytest.raises(ValueError, match="does not split over 3 processes"):
         iterator(prepared, process_index=0, process_count=3)
+
+
+def batch_sharding(**mesh: int):
+    """The train step's batch sharding on a mesh of the 8 fake devices (tests/conftest.py)."""
+    import jax
+    from jax.sharding import Mesh
+
+    from sbsd_jax.train import partitioning
+
+    sizes = tuple(mesh[name] for name in partitioning.MESH_AXES)
+    devices = np.asarray(jax.devices()[: int(np.prod(sizes))]).reshape(sizes)
+    return partitioning.batch_sharding(Mesh(devices, partitioning.MESH_AXES))
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_given_host_rows_are_those_rows_of_the_global_batch(prepared, pack):
+    """Processes sharing rows (a tensor axis across them) pass the same rows; any ascending
+    rows are those rows of the global batch, and the saved position does not depend on them."""
+    whole = take(iterator(prepared, pack=pack), 4)
+    batching = iterator(prepared, pack=pack).batching
+    middle = TrainIterator(prepared.train_set, batching, host_rows=slice(2, 6))
+    for batch, expected in zip(take(middle, 2), whole[:2], strict=True):
+        for key in BATCH_KEYS:
+            np.testing.assert_array_equal(batch[key], expected[key][2:6], err_msg=key)
+    default = iterator(prepared, pack=pack)
+    take(default, 2)
+    assert middle.get_state() == default.get_state()
+    everything = TrainIterator(prepared.train_set, batching, host_rows=slice(0, 8))
+    everything.set_state(json.loads(json.dumps(middle.get_state())))
+    assert_batches_equal(take(everything, 2), whole[2:])
+    # A TPU pod's device order can give a host rows that are not adjacent.
+    apart = TrainIterator(prepared.train_set, batching, host_rows=[0, 1, 6, 7])
+    for batch, expected in zip(take(apart, 2), whole[:2], strict=True):
+        for key in BATCH_KEYS:
+            np.testing.assert_array_equal(batch[key], expected[key][[0, 1, 6, 7]], err_msg=key)
+    for bad in (slice(0, 9), slice(4, 4), slice(-2, None), [3, 1], [2, 2], []):
+        with pytest.raises(ValueError, match="must be ascending, distinct, non-empty rows"):
+            TrainIterator(prepared.train_set, batching, host_rows=bad)
+
+
+def test_rows_come_from_the_batch_sharding_when_given(prepared):
+    """One process holds every device, so it loads the whole batch on any mesh (the 2-process
+    case is tests/test_multihost.py); rows must split over the data*fsdp shards."""
+    whole = take(iterator(prepared), 2)
+    for mesh in ({"data": 2, "fsdp": 4, "tensor": 1}, {"data": 1, "fsdp": 2, "tensor": 4}):
+        sharded = make_train_iterator(
+            make_config(), prepared=prepared, batch_sharding=batch_sharding(**mesh)
+        )
+        assert sharded.host_rows.tolist() == list(range(8))
+        assert_batches_equal(take(sharded, 2), whole)
+    with pytest.raises(ValueError, match="does not split over the 8 batch shards"):
+        make_train_iterator(
+            make_config(batch_size=3),
+            prepared=prepared,
+            batch_sharding=batch_sharding(data=1, fsdp=8, tensor=1),
+        )
+    with pytest.raises(ValueError, match="not both"):
+        make_train_iterator(
+            make_config(),
+            prepared=prepared,
+            process_index=0,
+            batch_sharding=batch_sharding(data=1, fsdp=1, tensor=1),
+        )
 
 
 @pytest.mark.parametrize("pack", [False, True])

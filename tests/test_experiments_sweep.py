@@ -63,6 +63,40 @@ def test_cell_config_sets_model_fraction_method_and_typed_overrides() -> None:
     assert config.subsample_seed == base.subsample_seed  # same examples in every cell
 
 
+def test_overrides_are_parsed_exactly_as_the_trainers_command_line() -> None:
+    base = load_config_file(str(REPO / "configs" / "cqa.py"))
+    config = sweep.cell_config(
+        base,
+        Cell("t5_v1_1_small", 1.0, "standard"),
+        {"model_overrides.dropout_rate": "0.0", "eval_splits": "('test',)", "pack": "True"},
+    )
+    assert config.model_overrides.dropout_rate == 0.0
+    assert isinstance(config.model_overrides.dropout_rate, float)
+    assert config.eval_splits == ("test",) and config.pack is True
+    assert base.model_overrides.dropout_rate is None  # the base config is left alone
+    with pytest.raises(ValueError, match="unknown config field 'nope'"):
+        sweep.cell_config(base, Cell("t5_v1_1_small", 1.0, "standard"), {"nope": "1"})
+    with pytest.raises(ValueError, match="alpha"):
+        sweep.cell_config(base, Cell("t5_v1_1_small", 1.0, "standard"), {"alpha": "lots"})
+
+
+def test_cells_start_from_each_models_pretrained_checkpoint() -> None:
+    hub = sweep.parse_init_checkpoints(["hub"], ["t5_v1_1_small", "flan_t5_base"])
+    assert hub == {"t5_v1_1_small": "google/t5-v1_1-small", "flan_t5_base": "google/flan-t5-base"}
+    cells = sweep.expand_grid(["t5_v1_1_small", "flan_t5_base"], ["1.0"], ["standard"], hub)
+    argv = sweep.command_for(cells[1], "configs/cqa.py", "/r")
+    assert "--config.init_checkpoint=google/flan-t5-base" in argv
+    local = sweep.parse_init_checkpoints(["t5_v1_1_small=/ckpt/small"], ["t5_v1_1_small"])
+    assert sweep.expand_grid(["t5_v1_1_small"], ["1"], ["cot"], local)[0].init_checkpoint == (
+        "/ckpt/small"
+    )
+    with pytest.raises(ValueError, match="no checkpoint for t5_v1_1_base"):
+        sweep.expand_grid(["t5_v1_1_small", "t5_v1_1_base"], ["1"], ["cot"], local)
+    with pytest.raises(ValueError, match="no released checkpoint for t5_tiny"):
+        sweep.parse_init_checkpoints(["hub"], ["t5_tiny"])
+    assert sweep.expand_grid(["t5_tiny"], ["1"], ["cot"])[0].init_checkpoint == ""  # scratch
+
+
 def test_finished_means_test_accuracy_at_the_final_step(tmp_path: pathlib.Path) -> None:
     fake_finished_run(str(tmp_path / "done"), step=100, accuracy=0.5)
     fake_finished_run(str(tmp_path / "halfway"), step=50, accuracy=0.4)
@@ -97,17 +131,16 @@ def test_missing_result_shows_as_na() -> None:
     assert "| m | 1 | n/a |" in table
 
 
-def test_dry_run_prints_one_command_per_cell_and_trains_nothing(tmp_path: pathlib.Path) -> None:
-    result = subprocess.run(
+def dry_run(workdir_root: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sbsd_jax.experiments.sweep --config=configs/cqa.py ... --dry_run`."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "sbsd_jax.experiments.sweep",
             "--config=configs/cqa.py",
-            f"--workdir_root={tmp_path}",
-            "--models=t5_v1_1_small,t5_v1_1_base",
-            "--fractions=0.125,0.25,0.5,1.0",
-            "--methods=standard,step_by_step",
+            f"--workdir_root={workdir_root}",
+            *args,
             "--dry_run",
         ],
         cwd=REPO,
@@ -115,8 +148,26 @@ def test_dry_run_prints_one_command_per_cell_and_trains_nothing(tmp_path: pathli
         text=True,
         timeout=120,
     )
+
+
+def test_dry_run_prints_one_command_per_cell_and_trains_nothing(tmp_path: pathlib.Path) -> None:
+    result = dry_run(
+        tmp_path,
+        "--models=t5_v1_1_small,t5_v1_1_base",
+        "--fractions=0.125,0.25,0.5,1.0",
+        "--methods=standard,step_by_step",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     commands = [line for line in result.stdout.splitlines() if line.startswith("python -m")]
     assert len(commands) == 16
     assert all("sbsd_jax.main --config=configs/cqa.py" in c for c in commands)
     assert not any(tmp_path.iterdir())
+
+
+def test_an_override_the_trainer_would_refuse_stops_the_sweep_before_anything_runs(
+    tmp_path: pathlib.Path,
+) -> None:
+    result = dry_run(tmp_path, "--override=no_such_field=1")
+    assert result.returncode == 2
+    assert "unknown config field 'no_such_field'" in result.stderr
+    assert "python -m" not in result.stdout

@@ -229,3 +229,108 @@ def test_a_resumed_run_drops_the_rows_of_steps_it_will_redo(tmp_path):
     assert [row["step"] for row in read_metrics(tmp_path)] == [5, 10]
     logger.write(15, {"train_loss": 0.5})
     assert [row["step"] for row in read_metrics(tmp_path)] == [5, 10, 15]
+
+
+# --- Workdirs at a URL (gs://), served offline -------------------------------------------------
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+    """gs:// served from <tmp>/gcs through etils' own epath test backend, without append (like
+    GCS). The cwd moves to <tmp>/cwd, where a URL mangled into a local path would land."""
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    store, cwd = tmp_path / "gcs", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    # Else epath sends gs:// to TF's gfile (the network); EPATH_USE_TF is read once and cached.
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+
+    def local(path):
+        text = os.fspath(path)
+        return os.fspath(store / text.removeprefix("gs://")) if text.startswith("gs://") else text
+
+    def one(original, path, *args, **kwargs):
+        return original(local(path), *args, **kwargs)
+
+    def two(original, path, dst, *args, **kwargs):
+        return original(local(path), local(dst), *args, **kwargs)
+
+    def open_(original, path, mode):
+        if os.fspath(path).startswith("gs://"):
+            if "a" in mode:
+                raise OSError(f"{path}: an object store cannot append")
+            if "w" in mode:  # objects need no parent directories
+                os.makedirs(os.path.dirname(local(path)), exist_ok=True)
+        return original(local(path), mode)
+
+    functions = ("exists", "isdir", "listdir", "glob", "makedirs", "mkdir", "remove", "rmtree")
+    with epath_testing.mock_epath(
+        open=open_,
+        rename=two,
+        replace=two,
+        copy=two,
+        stat=one,
+        walk=one,
+        **dict.fromkeys(functions, one),
+    ):
+        yield store
+    assert not (cwd / "gs:").exists()
+
+
+def test_run_paths_keep_urls_and_make_local_paths_absolute(tmp_path, monkeypatch):
+    from sbsd_jax.train.loop import RunPaths
+
+    paths = RunPaths.of("gs://my-bucket/runs/cqa")
+    assert paths == RunPaths(
+        workdir="gs://my-bucket/runs/cqa",
+        checkpoints="gs://my-bucket/runs/cqa/checkpoints",
+        metrics="gs://my-bucket/runs/cqa/metrics.jsonl",
+        tensorboard="gs://my-bucket/runs/cqa/tensorboard",
+        predictions="gs://my-bucket/runs/cqa/predictions",
+        config="gs://my-bucket/runs/cqa/config.json",
+    )
+    monkeypatch.chdir(tmp_path)
+    local = RunPaths.of("runs/../runs/cqa")
+    assert local.workdir == str(tmp_path / "runs" / "cqa")
+    assert local.checkpoints == os.path.join(tmp_path, "runs", "cqa", "checkpoints")
+
+
+def test_metrics_logger_rewrites_metrics_jsonl_at_a_url(fake_gcs):
+    logger = MetricsLogger("gs://bucket/run", is_primary=True, tensorboard=False)
+    for step in (5, 10, 15):
+        logger.write(step, {"train_loss": 1.0 / step})
+    assert [row["step"] for row in read_metrics("gs://bucket/run")] == [5, 10, 15]
+    stored = fake_gcs / "bucket" / "run" / "metrics.jsonl"
+    stored.write_text(stored.read_text() + '{"step": 20, "train_lo')  # a half-written upload
+    assert logger.discard_after(10) == 2
+    assert [row["step"] for row in read_metrics("gs://bucket/run")] == [5, 10]
+    logger.write(15, {"train_loss": 0.5})
+    assert read_metrics("gs://bucket/run")[-1] == {"step": 15, "train_loss": 0.5}
+    assert sorted(p.name for p in stored.parent.iterdir()) == ["metrics.jsonl"]
+
+
+def test_predictions_and_config_json_land_under_a_url_workdir(fake_gcs):
+    import ml_collections
+
+    from sbsd_jax.eval.predictions import (
+        PredictionRecord,
+        predictions_path,
+        read_predictions,
+        write_predictions,
+    )
+    from sbsd_jax.train.loop import RunPaths, _read_text, _write_config
+
+    paths = RunPaths.of("gs://bucket/run")
+    assert _read_text(paths.config) is None
+    _write_config(ml_collections.ConfigDict({"model": "t5_tiny"}), paths.config)
+    assert json.loads(_read_text(paths.config)) == {"model": "t5_tiny"}
+    records = [PredictionRecord(id="a", input="q", label="x", prediction="x", correct=True)]
+    written = write_predictions(predictions_path(paths.workdir, "valid", 10), records)
+    assert os.fspath(written) == "gs://bucket/run/predictions/valid_step_10.jsonl"
+    assert read_predictions(written) == records
+    assert sorted(p.name for p in (fake_gcs / "bucket" / "run").rglob("*") if p.is_file()) == [
+        "config.json",
+        "valid_step_10.jsonl",
+    ]

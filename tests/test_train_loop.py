@@ -100,3 +100,17 @@ def test_checkpoints_are_ranked_on_the_same_validation_examples_every_time():
     config.eval_max_examples = 2
     assert loop._checkpoint_metrics({"valid": full}, config)["valid_accuracy"] == 0.5
     assert loop._checkpoint_metrics({"test": full}, config) is None
+
+
+def test_a_process_that_already_joined_its_job_does_not_join_again(monkeypatch):
+    """The sweep trains several cells in one process: only the first may initialise."""
+
+    def initialize_again(*args, **kwargs):
+        raise AssertionError("jax.distributed.initialize called twice")
+
+    monkeypatch.setenv("SBSD_COORDINATOR", "127.0.0.1:1234")
+    monkeypatch.setenv("SBSD_NUM_PROCESSES", "2")
+    monkeypatch.setenv("SBSD_PROCESS_ID", "0")
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax.distributed, "initialize", initialize_again)
+    assert mesh_lib.maybe_initialize_distributed(tiny_config()) is True

@@ -11,11 +11,14 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from sbsd_jax.data.features import TASK_LABEL, TASK_RATIONALE
+from sbsd_jax.model.hf_checkpoint import params_from_state, state_from_params
+from sbsd_jax.model.t5 import T5
+from sbsd_jax.train import checkpointing, partitioning
 from sbsd_jax.train import mesh as mesh_lib
-from sbsd_jax.train import partitioning
 from sbsd_jax.train import step as step_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -220,6 +223,76 @@ def test_adafactor_factored_moments_are_replicated_and_full_moments_follow_their
     assert program.state_shardings.step.spec == P()
 
 
+def test_scanned_layers_train_like_unscanned_layers_with_adafactor(tmp_path):
+    """scan_layers stacks each layer kind into one [layers, ...] array; Adafactor's block-RMS
+    clipping, parameter scale and second moments treat that axis as a batch axis (T5X), so the
+    scanned run follows the unscanned one step for step. The first layer of each stack starts
+    at a tenth of the scale, so statistics mixed across layers would show. The scanned state
+    is sharded by the rules and survives a checkpoint."""
+    programs = {}
+    for scan in (False, True):
+        config = tiny_config(data=2, fsdp=2, tensor=2)
+        config.optimizer, config.weight_decay, config.scan_layers = "adafactor", 1e-3, scan
+        config.model_overrides.update(  # d_model, d_ff >= 128: MLP kernels factored
+            num_encoder_layers=2, num_decoder_layers=2, d_model=128, d_ff=256
+        )
+        programs[scan] = step_lib.build_train_program(
+            config, mesh_lib.make_mesh(config, jax.devices())
+        )
+    plain, scanned = programs[False], programs[True]
+    # Eager init (cheaper than compiling init_fn), then the same values in both layouts.
+    start = params_from_state(T5(plain.model_config, rngs=nnx.Rngs(0)), plain.model_config)
+    start = {  # path: ('encoder' | 'decoder', 'layers', index, ...)
+        path: value * 0.1 if path[1:3] == ("layers", 0) and value.ndim > 1 else value
+        for path, value in start.items()
+    }
+    results = {}
+    for scan, program in programs.items():
+        state = program.init_from_params_fn(state_from_params(start, program.model_config))
+        losses = []
+        for i in range(STEPS):
+            batch = partitioning.host_local_to_global(make_batch(i), program.mesh)
+            state, metrics = program.train_step(state, batch)
+            losses.append(float(metrics["loss"]))
+        results[scan] = state, losses
+    (plain_state, plain_losses), (scanned_state, scanned_losses) = results[False], results[True]
+    np.testing.assert_allclose(scanned_losses, plain_losses, rtol=2e-5)
+    plain_params = params_from_state(plain_state.params, plain.model_config)
+    scanned_params = params_from_state(scanned_state.params, scanned.model_config)
+    assert plain_params.keys() == scanned_params.keys()
+    for path, value in plain_params.items():
+        np.testing.assert_allclose(
+            scanned_params[path], value, rtol=1e-4, atol=2e-6, err_msg="/".join(map(str, path))
+        )
+        assert not np.allclose(value, start[path], rtol=1e-3, atol=0), path  # it did move
+
+    # A stacked norm scale's full second moment is [layers, embed], sharded like the scale; the
+    # factored moments of a stacked [layers, 128, 256] kernel are per layer and replicated.
+    factored = scanned_state.opt_state[1][0]  # (clip, adafactor)[0]: FactoredState
+
+    def at(tree, *path):
+        for key in ("encoder", "layers", *path):
+            tree = tree[key]
+        return tree.get_value()
+
+    assert at(factored.v, "mlp_norm", "scale").shape == (2, 128)
+    assert at(factored.v, "mlp_norm", "scale").sharding.spec == P(None, "fsdp")
+    assert at(factored.v_row, "mlp", "wi_0").shape == (2, 128)
+    assert at(factored.v_col, "mlp", "wi_0").shape == (2, 256)
+    assert at(factored.v_col, "mlp", "wi_0").sharding.spec == P()
+    policy = checkpointing.CheckpointPolicy(async_save=False)
+    with checkpointing.Checkpointer(tmp_path, policy) as checkpointer:
+        checkpointer.save(STEPS, scanned_state, {})
+        restored = checkpointer.restore(STEPS, scanned.abstract_state_with_shardings).state
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+        restored,
+        scanned_state,
+    )
+    restored_v = restored.opt_state[1][0].v["encoder"]["layers"]["mlp_norm"]["scale"]
+    assert restored_v.get_value().sharding.spec == P(None, "fsdp")
+
+
 def test_a_single_process_needs_no_distributed_initialisation(monkeypatch):
     for name in (
         "SBSD_COORDINATOR",
@@ -234,3 +307,100 @@ def test_a_single_process_needs_no_distributed_initialisation(monkeypatch):
     config.distributed.coordinator_address = "10.0.0.1:1234"
     with pytest.raises(ValueError, match="needs the number of processes"):
         mesh_lib.maybe_initialize_distributed(config)
+
+
+# -- Which batch rows each process loads ------------------------------------------------------
+# One process cannot fake several, so "this process" is a device subset of the 8 fake devices:
+# the processes of a real job are the groups of consecutive devices (make_mesh's order).
+
+
+def batch_sharding_on(**mesh: int):
+    return partitioning.batch_sharding(mesh_lib.make_mesh(tiny_config(**mesh), jax.devices()))
+
+
+def rows_of_processes(sharding, num_rows: int, num_processes: int) -> list[tuple[int, int]]:
+    per_process = len(jax.devices()) // num_processes
+    groups = [jax.devices()[p * per_process : (p + 1) * per_process] for p in range(num_processes)]
+    rows = [partitioning.process_batch_rows(sharding, num_rows, group) for group in groups]
+    for r in rows:  # these meshes give every process adjacent rows
+        assert r.tolist() == list(range(r[0], r[-1] + 1))
+    return [(int(r[0]), int(r[-1]) + 1) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("mesh", "num_processes", "expected"),
+    [
+        ({"data": 2, "fsdp": 4, "tensor": 1}, 1, [(0, 16)]),
+        ({"data": 2, "fsdp": 4, "tensor": 1}, 2, [(0, 8), (8, 16)]),
+        ({"data": 1, "fsdp": 8, "tensor": 1}, 4, [(0, 4), (4, 8), (8, 12), (12, 16)]),
+        ({"data": 2, "fsdp": 2, "tensor": 2}, 4, [(0, 4), (4, 8), (8, 12), (12, 16)]),
+    ],
+)
+def test_batch_split_over_every_process_gives_each_its_even_contiguous_share(
+    mesh, num_processes, expected
+):
+    sharding = batch_sharding_on(**mesh)
+    assert rows_of_processes(sharding, 16, num_processes) == expected
+    whole = partitioning.process_batch_rows(sharding, 16)  # this (single) process: everything
+    assert whole.tolist() == list(range(16))
+
+
+@pytest.mark.parametrize(
+    ("mesh", "num_processes", "expected"),
+    [
+        # tensor=8 over 2 processes of 4 devices: the batch is not split, both load all rows.
+        ({"data": 1, "fsdp": 1, "tensor": 8}, 2, [(0, 16), (0, 16)]),
+        # tensor=4 spans 2 of 4 processes (2 devices each): 2 row groups of 2 processes.
+        ({"data": 2, "fsdp": 1, "tensor": 4}, 4, [(0, 8), (0, 8), (8, 16), (8, 16)]),
+        ({"data": 1, "fsdp": 2, "tensor": 4}, 4, [(0, 8), (0, 8), (8, 16), (8, 16)]),
+    ],
+)
+def test_processes_whose_devices_share_batch_shards_load_the_same_rows(
+    mesh, num_processes, expected
+):
+    assert rows_of_processes(batch_sharding_on(**mesh), 16, num_processes) == expected
+
+
+def test_global_shape_counts_rows_shared_by_processes_once():
+    tensor = batch_sharding_on(data=1, fsdp=1, tensor=8)
+    split = batch_sharding_on(data=2, fsdp=4, tensor=1)
+    first_half = jax.devices()[:4]
+    assert partitioning.global_shape_of_local(tensor, (16, 5), first_half) == (16, 5)
+    assert partitioning.global_shape_of_local(split, (8, 5), first_half) == (16, 5)
+    assert partitioning.global_shape_of_local(split, (16, 5)) == (16, 5)  # single process
+    mixed = batch_sharding_on(data=2, fsdp=1, tensor=4)
+    assert partitioning.global_shape_of_local(mixed, (8, 5), jax.devices()[:2]) == (16, 5)
+    with pytest.raises(ValueError, match="does not split into the 4 shard"):
+        partitioning.global_shape_of_local(split, (6, 5), first_half)
+    # Row quarters 0 and 2 (not contiguous): jax still takes them as one local array.
+    quarters = batch_sharding_on(data=4, fsdp=1, tensor=2)
+    devices = jax.devices()
+    assert partitioning.global_shape_of_local(
+        quarters, (8, 5), [devices[i] for i in (0, 1, 4, 5)]
+    ) == (16, 5)
+
+
+def test_host_local_to_global_on_a_tensor_mesh_keeps_the_global_batch():
+    sharding = batch_sharding_on(data=1, fsdp=2, tensor=4)
+    batch = {"encoder_input_tokens": np.arange(16 * 3, dtype=np.int32).reshape(16, 3)}
+    result = partitioning.host_local_to_global(batch, sharding.mesh, sharding)
+    tokens = result["encoder_input_tokens"]
+    assert tokens.shape == (16, 3) and tokens.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(tokens), batch["encoder_input_tokens"])
+
+
+def test_a_process_may_hold_rows_that_are_apart_and_bad_batches_are_errors():
+    # data=4 x tensor=2: devices 0,1 | 2,3 | 4,5 | 6,7 hold row quarters 0 | 1 | 2 | 3.
+    sharding = batch_sharding_on(data=4, fsdp=1, tensor=2)
+    devices = jax.devices()
+    # Devices holding rows 0-3 and 8-11 (not adjacent, as a TPU pod's order can give a host):
+    # loaded in ascending order, the order make_array_from_process_local_data expects.
+    apart = partitioning.process_batch_rows(sharding, 16, [devices[0], devices[1], devices[4]])
+    assert apart.tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    with pytest.raises(ValueError, match="does not split over the 4 batch shards"):
+        partitioning.process_batch_rows(sharding, 6)
+    small = partitioning.batch_sharding(
+        mesh_lib.make_mesh(tiny_config(data=2, fsdp=1, tensor=1), jax.devices()[:2])
+    )
+    with pytest.raises(ValueError, match="none of this process's devices"):
+        partitioning.process_batch_rows(small, 16, jax.devices()[4:])

@@ -14,12 +14,15 @@ row). With packing the row count stays the same and rows are filled first-fit
 an example always in the same batch); a batch takes as many examples as fit. The last batch of
 an epoch continues into the next epoch's permutation, so every batch has the same shape.
 
-Host sharding: process p of P gets the contiguous block of rows
-[p * rows / P, (p + 1) * rows / P) of the global batch (the layout
-`jax.make_array_from_process_local_data` expects for a batch axis sharded over processes).
-Every process tokenises the whole training split and derives the same global layout from token
-lengths alone, then materialises only its own rows. The stream does not depend on the process
-count, so a state saved on P processes can be restored on P' processes.
+Host sharding: each process materialises its rows of the global batch, `host_rows`
+(ascending; on a TPU pod not necessarily adjacent). With a mesh,
+make_train_iterator(batch_sharding=...) takes them from where the sharding puts the rows
+(partitioning.process_batch_rows): processes whose devices hold the same batch shards, as when
+the 'tensor' axis spans processes, load the same rows. Without one,
+process p of P gets [p * rows / P, (p + 1) * rows / P) (right when the batch is split over
+every process). Every process tokenises the whole training split and derives the same global
+layout from token lengths alone, then materialises only its own rows. The stream does not
+depend on the process layout, so a state saved on P processes can be restored on P' processes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +49,9 @@ from sbsd_jax.data.tasks import (
     tokenized_columns,
 )
 from sbsd_jax.data.vocabulary import make_vocabulary
+
+if TYPE_CHECKING:
+    from jax.sharding import NamedSharding
 
 STATE_FORMAT = "sbsd_jax.train_iterator/1"
 
@@ -187,11 +193,32 @@ class BatchingConfig:
             raise ValueError("max_input_length and max_target_length must be >= 1")
 
 
+def rows_per_batch(train_set: TokenizedTrainSet, batching: BatchingConfig) -> int:
+    """Rows of every global batch: examples x tasks per example (packed batches too)."""
+    return batching.batch_size * len(train_set.kinds)
+
+
+def even_host_rows(num_rows: int, process_index: int, process_count: int) -> slice:
+    """Process p of P loads rows [p * R / P, (p + 1) * R / P): the layout when the batch is
+    split over every process (no mesh axis outside the batch axes spans processes)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if num_rows % process_count:
+        raise ValueError(
+            f"global batch of {num_rows} rows does not split over {process_count} processes"
+        )
+    share = num_rows // process_count
+    return slice(process_index * share, (process_index + 1) * share)
+
+
 class TrainIterator:
     """Infinite iterator of host-local numpy batches (keys: features.BATCH_KEYS).
 
+    Each batch holds the global batch's rows `host_rows`: given (from the mesh, see
+    make_train_iterator), or else this process's even share by process_index/process_count.
     get_state()/set_state() save and restore the stream position (JSON-serialisable), so a
-    resumed run sees exactly the batches an uninterrupted one would have.
+    resumed run sees exactly the batches an uninterrupted one would have; the state does not
+    depend on host_rows.
     """
 
     def __init__(
@@ -201,23 +228,30 @@ class TrainIterator:
         *,
         process_index: int = 0,
         process_count: int = 1,
+        host_rows: slice | Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if train_set.num_examples == 0:
             raise ValueError("the training split has no usable examples")
         self.train_set = train_set
         self.batching = batching
-        self.rows_per_batch = batching.batch_size * len(train_set.kinds)
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-        if self.rows_per_batch % process_count:
+        self.rows_per_batch = rows_per_batch(train_set, batching)
+        if host_rows is None:
+            host_rows = even_host_rows(self.rows_per_batch, process_index, process_count)
+        if isinstance(host_rows, slice):  # taken literally: no clamping, no negative indices
+            stop = self.rows_per_batch if host_rows.stop is None else host_rows.stop
+            host_rows = range(host_rows.start or 0, stop, host_rows.step or 1)
+        rows = np.asarray(host_rows, dtype=np.int64).reshape(-1)
+        if (
+            rows.size == 0
+            or rows[0] < 0
+            or rows[-1] >= self.rows_per_batch
+            or np.any(np.diff(rows) <= 0)
+        ):
             raise ValueError(
-                f"global batch of {self.rows_per_batch} rows ({batching.batch_size} examples x "
-                f"{len(train_set.kinds)} tasks) does not split over {process_count} processes"
+                f"host_rows {rows.tolist()} must be ascending, distinct, non-empty rows of the "
+                f"{self.rows_per_batch} rows of a global batch"
             )
-        self.process_index = process_index
-        self.process_count = process_count
-        rows_per_host = self.rows_per_batch // process_count
-        self.host_rows = slice(process_index * rows_per_host, (process_index + 1) * rows_per_host)
+        self.host_rows = rows  # this process's rows of every global batch, ascending
         self._config_summary = {
             "tasks": list(train_set.kinds),
             "batch_size": batching.batch_size,
@@ -300,7 +334,8 @@ class TrainIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         rows, taken = self._layout(self._stream_position)
-        batch = self._materialise(rows[self.host_rows])
+        # A packed batch may fill fewer rows than it has: the rest are all padding.
+        batch = self._materialise([rows[i] if i < len(rows) else [] for i in self.host_rows])
         self._stream_position += taken
         return batch
 
@@ -322,7 +357,7 @@ class TrainIterator:
             task_ids,
             max_input_length=self.batching.max_input_length,
             max_target_length=self.batching.max_target_length,
-            num_rows=self.rows_per_batch // self.process_count,
+            num_rows=len(self.host_rows),
         )
 
     # -- checkpointable position ----------------------------------------------------------
@@ -460,11 +495,18 @@ def make_train_iterator(
     process_count: int | None = None,
     prepared: PreparedData | None = None,
     splits: Mapping[str, Sequence[Example]] | None = None,
+    batch_sharding: NamedSharding | None = None,
 ) -> TrainIterator:
-    """The host's share of the global batches for `config` (process_index/count default to
-    jax.process_index()/jax.process_count()). Pass `prepared` (from prepare_data) to reuse
-    loaded and tokenised data, or `splits` to train on in-memory examples."""
-    if process_index is None or process_count is None:
+    """The host's share of the global batches for `config`.
+
+    With `batch_sharding` (the train step's batch sharding) the host loads the rows its devices
+    hold (partitioning.process_batch_rows), right for any mesh; without it, an even split by
+    process_index/count (default jax.process_index()/jax.process_count()), right only when
+    the batch is split over every process. Pass `prepared` (from prepare_data) to reuse loaded
+    and tokenised data, or `splits` to train on in-memory examples."""
+    if batch_sharding is not None and (process_index is not None or process_count is not None):
+        raise ValueError("pass either batch_sharding or process_index/process_count, not both")
+    if batch_sharding is None and (process_index is None or process_count is None):
         import jax
 
         process_index = jax.process_index() if process_index is None else process_index
@@ -489,6 +531,11 @@ def make_train_iterator(
             f"data was prepared for (method, max_input_length, max_target_length)={prepared_for}, "
             f"the config asks for {wanted}"
         )
+    if batch_sharding is not None:
+        from sbsd_jax.train.partitioning import process_batch_rows
+
+        host_rows = process_batch_rows(batch_sharding, rows_per_batch(prepared.train_set, batching))
+        return TrainIterator(prepared.train_set, batching, host_rows=host_rows)
     return TrainIterator(
         prepared.train_set, batching, process_index=process_index, process_count=process_count
     )

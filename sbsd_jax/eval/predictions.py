@@ -1,12 +1,16 @@
-"""Per-example predictions as JSONL, written next to metrics.jsonl for inspection."""
+"""Per-example predictions as JSONL, written next to metrics.jsonl for inspection.
+
+Paths go through `etils.epath`: a local folder or a URL (gs://...) like the rest of a workdir.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Iterable
+
+from etils import epath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,25 +26,29 @@ class PredictionRecord:
     rationale: str | None = None
 
 
-def predictions_path(workdir: str | os.PathLike[str], split: str, step: int) -> pathlib.Path:
+def predictions_path(workdir: str | os.PathLike[str], split: str, step: int) -> epath.Path:
     """Where the predictions of one evaluation go: <workdir>/predictions/<split>_step_<n>.jsonl."""
-    return pathlib.Path(workdir) / "predictions" / f"{split}_step_{step}.jsonl"
+    return epath.Path(workdir) / "predictions" / f"{split}_step_{step}.jsonl"
 
 
 def write_predictions(
     path: str | os.PathLike[str], records: Iterable[PredictionRecord]
-) -> pathlib.Path:
-    """Writes the records atomically (temp file + rename) and returns the path."""
-    path = pathlib.Path(path)
+) -> epath.Path:
+    """Writes the records atomically and returns the path: locally a temp file + rename; on an
+    object store (gs://...) straight to the object: its upload is atomic, and a rename there
+    is a second copy of the file."""
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    remote = "://" in os.fspath(path)
+    temporary = path if remote else path.with_name(path.name + ".tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
+    if not remote:
+        os.replace(temporary, path)
     return path
 
 
 def read_predictions(path: str | os.PathLike[str]) -> list[PredictionRecord]:
-    with open(path, encoding="utf-8") as handle:
+    with epath.Path(path).open("r", encoding="utf-8") as handle:
         return [PredictionRecord(**json.loads(line)) for line in handle if line.strip()]

@@ -6,13 +6,16 @@ works from any directory and a config can build on a sibling (`base.py`) the sam
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import pathlib
 import sys
+from collections.abc import Mapping
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 EXIT_CONFIG_ERROR = 2
 
@@ -31,6 +34,31 @@ def load_config_file(path: os.PathLike[str] | str) -> ml_collections.ConfigDict:
 def load_sibling_config(config_file: str, name: str = "base.py") -> ml_collections.ConfigDict:
     """The config in the file `name` next to `config_file` (a config's own `__file__`)."""
     return load_config_file(pathlib.Path(config_file).with_name(name))
+
+
+def with_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, str]
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with `{"field.sub": "text"}` applied exactly as the command line's
+    `--config.field.sub=text` would be (same parser and types), so a sweep cell trained in
+    this process is the run its printed command would start.
+
+    Raises ValueError naming the override for an unknown field or an unparseable value."""
+    argv = ["sbsd_jax", *(f"--config.{field}={value}" for field, value in overrides.items())]
+    flag_values = flags.FlagValues()
+    try:
+        holder = config_flags.DEFINE_config_dict(
+            "config", copy.deepcopy(config), flag_values=flag_values, sys_argv=argv
+        )
+        flag_values(argv)
+    except flags.Error as error:
+        raise ValueError(str(error)) from error
+    except (AttributeError, KeyError) as error:
+        missing = str(error).strip("\"'")
+        raise ValueError(
+            f"unknown config field {missing!r} (see configs/base.py for the fields)"
+        ) from error
+    return holder.value
 
 
 def parse_config_flags(argv: list[str], *, program: str) -> list[str]:

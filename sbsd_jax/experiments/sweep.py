@@ -2,7 +2,12 @@ r"""The paper's sweeps: one run per (model, training fraction, method), then a r
 
   python -m sbsd_jax.experiments.sweep --config=configs/cqa.py --workdir_root=DIR \
       --models=t5_v1_1_small,t5_v1_1_base --fractions=0.125,0.25,0.5,1.0 \
-      --methods=standard,step_by_step [--dry_run] [--override=alpha=0.3 ...]
+      --methods=standard,step_by_step --init_checkpoints=hub \
+      --override=vocabulary=/path/to/spiece.model [--dry_run] [--override=alpha=0.3 ...]
+
+--init_checkpoints starts each model's cells from a pretrained checkpoint, as the paper does:
+`hub` is each model's released Hugging Face checkpoint (sbsd_jax.model.config.HUB_CHECKPOINTS),
+or give `model=folder_or_hub_id` pairs (e.g. local copies on a machine without network).
 
 Every cell uses the same subsampling seed (config.subsample_seed), so cells with equal fractions
 see the same examples. Each cell has its own workdir, DIR/<model>/frac_<f>/<method>; a cell whose
@@ -24,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 from absl import app, flags
 
-from sbsd_jax.experiments.config_files import load_config_file
+from sbsd_jax.experiments.config_files import load_config_file, with_overrides
 from sbsd_jax.train.metric_writers import read_metrics
 
 
@@ -39,6 +44,11 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string(
         "override", [], "field=value applied to every cell, as --config.field=value."
     )
+    flags.DEFINE_list(
+        "init_checkpoints",
+        [],
+        "'hub' (each model's released checkpoint) or model=checkpoint pairs; empty: from scratch.",
+    )
     flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
     flags.mark_flags_as_required(["config", "workdir_root"])
 
@@ -50,26 +60,69 @@ class Cell:
     model: str
     fraction: float
     method: str
+    init_checkpoint: str = ""  # a Hugging Face folder or hub id; "" trains from scratch
 
     def workdir(self, root: str) -> str:
         return os.path.join(root, self.model, f"frac_{self.fraction:g}", self.method)
 
 
 def expand_grid(
-    models: Sequence[str], fractions: Sequence[float | str], methods: Sequence[str]
+    models: Sequence[str],
+    fractions: Sequence[float | str],
+    methods: Sequence[str],
+    init_checkpoints: Mapping[str, str] | None = None,
 ) -> list[Cell]:
-    """Every (model, fraction, method), models outermost; fractions must lie in (0, 1]."""
+    """Every (model, fraction, method), models outermost; fractions must lie in (0, 1].
+
+    init_checkpoints: model -> checkpoint to start that model's cells from (None: scratch);
+    when given, every model needs one."""
     parsed = []
     for text in fractions:
         fraction = float(text)
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"--fractions: {text!r} is not in (0, 1]")
         parsed.append(fraction)
-    return [Cell(m, f, k) for m, f, k in itertools.product(models, parsed, methods)]
+    if init_checkpoints:
+        missing = [model for model in models if model not in init_checkpoints]
+        if missing:
+            raise ValueError(f"--init_checkpoints: no checkpoint for {', '.join(missing)}")
+    return [
+        Cell(m, f, k, (init_checkpoints or {}).get(m, ""))
+        for m, f, k in itertools.product(models, parsed, methods)
+    ]
+
+
+def parse_init_checkpoints(values: Sequence[str], models: Sequence[str]) -> dict[str, str]:
+    """--init_checkpoints: ['hub'] -> each model's released checkpoint, else model=checkpoint."""
+    if list(values) == ["hub"]:
+        from sbsd_jax.model.config import HUB_CHECKPOINTS
+
+        unknown = [model for model in models if model not in HUB_CHECKPOINTS]
+        if unknown:
+            raise ValueError(
+                f"--init_checkpoints=hub: no released checkpoint for {', '.join(unknown)}"
+            )
+        return {model: HUB_CHECKPOINTS[model] for model in models}
+    pairs = {}
+    for value in values:
+        model, sep, checkpoint = value.partition("=")
+        if not sep or not model or not checkpoint:
+            raise ValueError(
+                f"--init_checkpoints: expected 'hub' or model=checkpoint, got {value!r}"
+            )
+        pairs[model] = checkpoint
+    return pairs
 
 
 def cell_overrides(cell: Cell) -> dict[str, str]:
-    return {"model": cell.model, "train_fraction": f"{cell.fraction:g}", "method": cell.method}
+    overrides = {
+        "model": cell.model,
+        "train_fraction": f"{cell.fraction:g}",
+        "method": cell.method,
+    }
+    if cell.init_checkpoint:
+        overrides["init_checkpoint"] = cell.init_checkpoint
+    return overrides
 
 
 def command_for(
@@ -111,29 +164,11 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def _set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-    """Sets config.a.b from text, typed like the field's current value."""
-    *parents, leaf = dotted.split(".")
-    node = config
-    for name in parents:
-        node = node[name]
-    current = node[leaf]
-    if isinstance(current, bool):
-        value: object = text.lower() in ("1", "true", "yes")
-    elif isinstance(current, (int, float)) and not isinstance(current, bool):
-        value = type(current)(float(text)) if isinstance(current, int) else float(text)
-    else:
-        value = text
-    node[leaf] = value
-
-
 def cell_config(
     base: ml_collections.ConfigDict, cell: Cell, overrides: Mapping[str, str]
 ) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(base.to_dict())
-    for field, value in {**overrides, **cell_overrides(cell)}.items():
-        _set_field(config, field, value)
-    return config
+    """The cell's config, parsed like its `python -m sbsd_jax.main` command line."""
+    return with_overrides(base, {**overrides, **cell_overrides(cell)})
 
 
 def results_table(results: Sequence[tuple[Cell, float | None]]) -> str:
@@ -200,8 +235,12 @@ def main(argv: Sequence[str]) -> int:
         raise app.UsageError(f"unexpected positional arguments: {' '.join(argv[1:])}")
     args = flags.FLAGS
     try:
-        cells = expand_grid(args.models, args.fractions, args.methods)
+        init_checkpoints = parse_init_checkpoints(args.init_checkpoints, args.models)
+        cells = expand_grid(args.models, args.fractions, args.methods, init_checkpoints)
         overrides = parse_overrides(args.override)
+        base = load_config_file(args.config)
+        for cell in cells:  # an override that the trainer would refuse fails here, at once
+            cell_config(base, cell, overrides)
     except ValueError as error:
         print(f"sbsd_jax.experiments.sweep: {error}", file=sys.stderr)
         return 2

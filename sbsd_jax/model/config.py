@@ -140,6 +140,19 @@ _ALIASES: dict[str, str] = {"t5_xl": "t5_3b", "t5_xxl": "t5_11b"}
 
 MODEL_NAMES: tuple[str, ...] = tuple(_CONFIGS) + tuple(_ALIASES)
 
+# The released Hugging Face checkpoint of each named size (what `init_checkpoint` starts from).
+HUB_CHECKPOINTS: dict[str, str] = {
+    "t5_small": "google-t5/t5-small",
+    "t5_base": "google-t5/t5-base",
+    "t5_large": "google-t5/t5-large",
+    "t5_3b": "google-t5/t5-3b",
+    "t5_11b": "google-t5/t5-11b",
+    "t5_xl": "google-t5/t5-3b",
+    "t5_xxl": "google-t5/t5-11b",
+    **{f"t5_v1_1_{size}": f"google/t5-v1_1-{size}" for size in _V1_1_SHAPES},
+    **{f"flan_t5_{size}": f"google/flan-t5-{size}" for size in _V1_1_SHAPES},
+}
+
 
 def get_model_config(name: str, **overrides: object) -> T5Config:
     """Config of a named size with field overrides (e.g. dtype='bfloat16', scan_layers=True)."""

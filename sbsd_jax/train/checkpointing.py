@@ -30,6 +30,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from sbsd_jax.train.run_storage import absolute_path
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
@@ -157,11 +160,13 @@ def shape_mismatches(saved: Any, target: Any) -> list[str]:
 class Checkpointer:
     """Saves and restores (train state, data position) under `<directory>`.
 
-    Call from every host (Orbax synchronises them); `close()` waits for pending writes.
+    `directory` is a local folder (made absolute) or a URL Orbax can write to (gs://...), kept
+    as given so that checkpoints reach the object store. Call from every host (Orbax
+    synchronises them); `close()` waits for pending writes.
     """
 
     def __init__(self, directory: str | os.PathLike[str], policy: CheckpointPolicy) -> None:
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = str(absolute_path(directory))
         self.policy = policy
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=policy.keep_last)]
         if policy.keep_best > 0:
@@ -217,7 +222,7 @@ class Checkpointer:
         return dict(metrics) if metrics is not None else None
 
     def step_directory(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return str(epath.Path(self.directory) / str(step))
 
     # -- save / restore ----------------------------------------------------------------------
 
@@ -359,7 +364,7 @@ def read_state_arrays(step_directory: str | os.PathLike[str]) -> dict[str, np.nd
 
     For inspection and comparisons on one host (no target shardings needed).
     """
-    path = os.path.join(os.path.abspath(os.fspath(step_directory)), STATE_ITEM)
+    path = absolute_path(step_directory) / STATE_ITEM  # a local folder or a URL (gs://...)
     # A checkpoint written by several processes names devices this process lacks: read every
     # array onto one local device instead of the saved sharding.
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

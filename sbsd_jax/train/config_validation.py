@@ -14,11 +14,12 @@ from collections.abc import Sequence
 import ml_collections
 
 from sbsd_jax.data.examples import KNOWN_DATASETS, SOURCE_KINDS
-from sbsd_jax.model.config import MODEL_NAMES, REMAT_POLICIES, get_model_config
+from sbsd_jax.model.config import HUB_CHECKPOINTS, MODEL_NAMES, REMAT_POLICIES, get_model_config
 from sbsd_jax.train.loss import METHODS
 from sbsd_jax.train.mesh import MeshShapeError, resolve_mesh_shape
 from sbsd_jax.train.optimizer import LR_SCHEDULES, OPTIMIZERS
 from sbsd_jax.train.partitioning import MESH_AXES
+from sbsd_jax.train.run_storage import is_url
 from sbsd_jax.train.step import model_overrides
 
 LABEL_TYPES: tuple[str, ...] = ("gt", "llm")
@@ -61,10 +62,6 @@ def _positive(config: ml_collections.ConfigDict, fields: Sequence[str]) -> list[
     return problems
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def _data_problems(config: ml_collections.ConfigDict) -> list[str]:
     """data_dir where the source reads files, eval_splits, and what best-export needs."""
     problems = []
@@ -75,7 +72,7 @@ def _data_problems(config: ml_collections.ConfigDict) -> list[str]:
                 f"config.data_dir is empty: data_source {source!r} needs "
                 f"{_DATA_DIR_LAYOUTS[source]}; pass --config.data_dir=..."
             )
-        elif _is_local(data_dir) and not os.path.isdir(data_dir):
+        elif not is_url(data_dir) and not os.path.isdir(data_dir):
             problems.append(
                 f"config.data_dir={data_dir!r}: no such directory (data_source {source!r} "
                 f"needs {_DATA_DIR_LAYOUTS[source]})"
@@ -85,6 +82,11 @@ def _data_problems(config: ml_collections.ConfigDict) -> list[str]:
         problems.append(
             f"config.eval_splits={names!r}: must be a tuple of split names from "
             f'{", ".join(EVAL_SPLITS)}, e.g. --config.eval_splits=\'("valid", "test")\''
+        )
+    if config.export_hf_dir and is_url(str(config.export_hf_dir)):
+        problems.append(
+            f"config.export_hf_dir={config.export_hf_dir!r}: the Hugging Face export writes a "
+            "local folder; export locally and copy it up (gsutil cp -r / gcloud storage cp -r)"
         )
     if config.export_hf_dir and config.export_which == "best":
         if "valid" not in names:
@@ -105,6 +107,16 @@ def _vocabulary_problems(config: ml_collections.ConfigDict, model_vocab_size: in
     """The vocabulary exists and all its ids fit the model's embedding table (JAX would clamp
     out-of-range ids silently)."""
     spec = str(config.vocabulary or "")
+    checkpoint = str(config.get("init_checkpoint") or "")
+    if spec == "byte" and (
+        checkpoint in HUB_CHECKPOINTS.values()
+        or os.path.isfile(os.path.join(checkpoint, "spiece.model"))
+    ):
+        return [
+            f"config.init_checkpoint={checkpoint!r} reads SentencePiece ids but "
+            "config.vocabulary='byte'; pass --config.vocabulary=<its spiece.model> (T5 v1.0, "
+            "v1.1 and FLAN-T5 share one)"
+        ]
     if spec == "byte":
         size = BYTE_VOCABULARY_SIZE
     elif not spec or not os.path.isfile(spec):
@@ -262,11 +274,10 @@ def validate(
                     f"data*fsdp = {data}*{fsdp} = {data_parallel}; use a batch size that is a "
                     f"multiple of {needed}, or change config.mesh / config.grad_accum_steps"
                 )
-            if batch % num_processes:
-                problems.append(
-                    f"config.batch_size={batch}: must split evenly over the {num_processes} "
-                    f"processes that each load their share of the batch"
-                )
+            # No check against the process count: each process loads the rows its devices hold
+            # (partitioning.process_batch_rows), processes sharing batch shards (a 'tensor'
+            # axis across processes) load the same rows, so the rows need only split over the
+            # data*fsdp shards, checked above.
         eval_batch = config.eval_batch_size
         if isinstance(eval_batch, int) and eval_batch > 0 and eval_batch % data_parallel:
             problems.append(

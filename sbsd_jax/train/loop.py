@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from sbsd_jax.data.examples import Example
 from sbsd_jax.eval.evaluator import (
@@ -53,8 +54,15 @@ from sbsd_jax.train.checkpointing import (
     IncompatibleCheckpointError,
 )
 from sbsd_jax.train.config_validation import ConfigError
-from sbsd_jax.train.metric_writers import MetricsLogger, ProgressBar, eval_summary
+from sbsd_jax.train.metric_writers import (
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    MetricsLogger,
+    ProgressBar,
+    eval_summary,
+)
 from sbsd_jax.train.preemption import PreemptionWatcher
+from sbsd_jax.train.run_storage import absolute_path
 
 __all__ = ["ConfigError", "RunSummary", "train_and_evaluate"]
 
@@ -65,7 +73,7 @@ _LAST_VALUE_METRICS = frozenset({"learning_rate"})
 
 @dataclasses.dataclass(frozen=True)
 class RunPaths:
-    """Where a run's files are."""
+    """Where a run's files are: under a local folder or a URL (gs://...), as strings."""
 
     workdir: str
     checkpoints: str
@@ -75,15 +83,17 @@ class RunPaths:
     config: str
 
     @classmethod
-    def of(cls, workdir: str) -> RunPaths:
-        workdir = os.path.abspath(workdir)
+    def of(cls, workdir: str | os.PathLike[str]) -> RunPaths:
+        """Local workdirs are made absolute; URLs are kept as given (`os.path.abspath` would
+        turn gs://b/x into a local '<cwd>/gs:/b/x' folder and nothing would reach the bucket)."""
+        root = absolute_path(workdir)
         return cls(
-            workdir=workdir,
-            checkpoints=os.path.join(workdir, CHECKPOINT_SUBDIR),
-            metrics=os.path.join(workdir, "metrics.jsonl"),
-            tensorboard=os.path.join(workdir, "tensorboard"),
-            predictions=os.path.join(workdir, "predictions"),
-            config=os.path.join(workdir, "config.json"),
+            workdir=str(root),
+            checkpoints=str(root / CHECKPOINT_SUBDIR),
+            metrics=str(root / METRICS_FILE),
+            tensorboard=str(root / TENSORBOARD_DIR),
+            predictions=str(root / "predictions"),
+            config=str(root / "config.json"),
         )
 
 
@@ -306,9 +316,9 @@ def _config_json(config: ml_collections.ConfigDict) -> str:
 
 
 def _write_config(config: ml_collections.ConfigDict, path: str) -> None:
+    """config.json next to the checkpoints (through epath: the workdir may be gs://...)."""
     if jax.process_index() == 0:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(_config_json(config))
+        epath.Path(path).write_text(_config_json(config), encoding="utf-8")
 
 
 def _flat_fields(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -341,9 +351,9 @@ def config_changes(previous_json: str | None, config: ml_collections.ConfigDict)
 
 
 def _read_text(path: str) -> str | None:
+    """The file's text (a local path or a URL), None when it does not exist."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
+        return epath.Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
 
@@ -375,7 +385,7 @@ def _train_and_evaluate(
     mesh_lib.maybe_initialize_distributed(config)
     config_validation.validate(config, jax.device_count(), jax.process_count())
     paths = RunPaths.of(workdir)
-    os.makedirs(paths.workdir, exist_ok=True)
+    epath.Path(paths.workdir).mkdir(parents=True, exist_ok=True)
     mesh = mesh_lib.make_mesh(config)
     program = build_train_program(config, mesh)
 
@@ -392,7 +402,10 @@ def _train_and_evaluate(
                 f"{', '.join(sorted(prepared.splits))})"
             ]
         )
-    train_iterator = pipeline.make_train_iterator(config, prepared=prepared)
+    # This process loads the batch rows its devices hold (shared when 'tensor' spans hosts).
+    train_iterator = pipeline.make_train_iterator(
+        config, prepared=prepared, batch_sharding=program.batch_sharding
+    )
     codec = _text_codec(prepared.registered.vocabulary, config.method)
 
     # 3. Resume or start.

@@ -89,10 +89,20 @@ def make_mesh(
             ici_shape, (dcn_data, 1, 1), devices=devices[:total]
         )
     elif total == len(devices):
-        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+        device_array = _physical_device_mesh(shape, devices)
     else:
         device_array = np.asarray(devices[:total]).reshape(shape)
     return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _physical_device_mesh(shape: tuple[int, int, int], devices: list[jax.Device]) -> np.ndarray:
+    """Devices arranged so that mesh axes follow the chips' torus; when a mesh axis must cut
+    across physical axes (e.g. tensor=4 with data=2 on a 2x2x4 v4 slice), JAX refuses unless
+    asked, and then splits them, as MaxText does."""
+    try:
+        return mesh_utils.create_device_mesh(shape, devices=devices)
+    except (NotImplementedError, ValueError, AssertionError):
+        return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
 
 
 def _on_cloud_tpu_vm() -> bool:
@@ -133,6 +143,8 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict | None = None
     launcher (GKE TPU, multi-slice, SLURM, Open MPI). A single CPU/GPU process needs nothing.
     Returns True if it initialised. Must run before anything touches jax.devices().
     """
+    if jax.distributed.is_initialized():
+        return True  # already joined (e.g. an earlier cell of a sweep in this process)
     dist = config.get("distributed", {}) if config is not None else {}
     mode = dist.get("mode", "auto") or "auto"
     if mode not in ("auto", "on", "off"):

@@ -5,6 +5,10 @@ Only process 0 writes files. `metrics.jsonl` has one JSON object per logged step
 files live under <workdir>/tensorboard. TensorFlow (behind clu's SummaryWriter) is imported
 through `sbsd_jax.data.tensorflow_runtime.import_tensorflow`, which keeps it off the
 accelerators JAX owns.
+
+Run files go through `etils.epath`, so a workdir may be a local folder or any URL epath serves
+(gs://, s3://, ...; the same paths Orbax checkpoints to). Object stores have no append (and a
+rename is a copy): there metrics.jsonl is rewritten whole (see `MetricsLogger.write`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
+
+from etils import epath
+
+from sbsd_jax.train.run_storage import is_url
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -37,15 +44,23 @@ def _row_step(line: str) -> int | None:
 
 
 class MetricsLogger:
-    """Appends scalars to metrics.jsonl and TensorBoard (process 0 only; others do nothing)."""
+    """Appends scalars to metrics.jsonl and TensorBoard (process 0 only; others do nothing).
+
+    `workdir` is a local folder or a URL (gs://...). Locally rows are appended; an object store
+    cannot append, so there each write reads metrics.jsonl and uploads it again with the new
+    row (one download and one upload of the whole file per log interval: a few MB after tens
+    of thousands of rows). Each upload replaces the object whole, so a crash never leaves a
+    half-written row there.
+    """
 
     def __init__(
         self, workdir: str | os.PathLike[str], *, is_primary: bool, tensorboard: bool = True
     ) -> None:
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = epath.Path(workdir)
         self.is_primary = is_primary
         self.metrics_path = self.workdir / METRICS_FILE
         self.tensorboard_dir = self.workdir / TENSORBOARD_DIR
+        self._remote = is_url(self.workdir)
         self._summary_writer: Any = None
         if is_primary:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -55,17 +70,30 @@ class MetricsLogger:
                 import_tensorflow()
                 from clu import metric_writers
 
+                # TensorFlow's gfile, behind clu's writer, handles gs:// itself.
                 self._summary_writer = metric_writers.SummaryWriter(str(self.tensorboard_dir))
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.is_primary or not values:
             return
         scalars = {name: _plain(value) for name, value in values.items()}
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        row = json.dumps({"step": int(step), **scalars}) + "\n"
+        if self._remote:
+            self.metrics_path.write_text(self._read_rows() + row, encoding="utf-8")
+        else:
+            with self.metrics_path.open("a", encoding="utf-8") as handle:
+                handle.write(row)
         if self._summary_writer is not None:
             numeric = {k: v for k, v in scalars.items() if isinstance(v, int | float)}
             self._summary_writer.write_scalars(int(step), numeric)
+
+    def _read_rows(self) -> str:
+        """metrics.jsonl as it is, ending in a newline ('' when absent), for a rewrite."""
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+        return text if not text or text.endswith("\n") else text + "\n"
 
     def discard_after(self, step: int) -> int:
         """Drops the metrics.jsonl rows of steps after `step` (a resumed run redoes those steps
@@ -81,9 +109,13 @@ class MetricsLogger:
             if row_step is not None and row_step <= step
         ]
         if len(kept) < len(lines):
-            temporary = self.metrics_path.with_suffix(".jsonl.tmp")
-            temporary.write_text("".join(kept), encoding="utf-8")
-            os.replace(temporary, self.metrics_path)
+            if self._remote:
+                # An object upload is atomic (a rename would be a copy): write in place.
+                self.metrics_path.write_text("".join(kept), encoding="utf-8")
+            else:
+                temporary = self.metrics_path.with_suffix(".jsonl.tmp")
+                temporary.write_text("".join(kept), encoding="utf-8")
+                os.replace(temporary, self.metrics_path)
         return len(lines) - len(kept)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -101,11 +133,11 @@ class MetricsLogger:
 
 
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of <workdir>/metrics.jsonl, oldest first."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    """The rows of <workdir>/metrics.jsonl, oldest first (a local folder or a URL)."""
+    path = epath.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    with path.open(encoding="utf-8") as handle:
+    with path.open("r", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 

@@ -6,14 +6,26 @@ global-norm gradient clipping at 1.0. Adafactor (T5's own optimizer, factored se
 so far less optimizer memory for the XXL student) is `--config.optimizer=adafactor`; with its
 parameter-scaled updates T5 used a constant 1e-3 (`--config.learning_rate=1e-3
 --config.lr_schedule=constant`).
+
+With `scan_layers` the model stacks each layer kind into one array with a leading 'layers' axis.
+Adafactor's per-parameter statistics (factored second moments, update clipping by block RMS,
+the parameter-scale RMS) treat that axis as a batch axis, as T5X does: every layer of a stacked
+array is updated exactly as the unscanned layer would be. AdamW is elementwise and needs nothing.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
+
+from sbsd_jax.train import partitioning
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adafactor")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear", "linear_warmup_cosine", "rsqrt")
@@ -52,13 +64,192 @@ def make_learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Sche
     return optax.join_schedules([warmup_schedule, after], [warmup])
 
 
+LAYER_AXIS = "layers"  # logical name t5.py gives the stacked axis of scanned layers
+
+StackedFn = Callable[[optax.Params], Any]
+
+
+def _is_variable(node: Any) -> bool:
+    return isinstance(node, nnx.Variable)
+
+
+def stacked_layers(params: optax.Params) -> Any:
+    """True for each parameter whose first logical axis is 'layers' (a scan_layers stack).
+
+    Same tree structure as `params` (Variables kept, holding a bool), so it can be mapped
+    together with params, updates and optimizer state. Plain arrays (no names) are False.
+    """
+    nodes = jax.tree.leaves(params, is_leaf=_is_variable)
+    flags = []
+    for node in nodes:
+        names = partitioning.logical_names(node) if _is_variable(node) else None
+        flags.append(bool(names) and names[0] == LAYER_AXIS)
+    return jax.tree.unflatten(jax.tree.structure(params), flags)
+
+
 def _decay_mask(params: optax.Params) -> optax.Params:
-    """Weight decay on matrices only, never on norm scales (HF skips LayerNorm weights)."""
-    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+    """Weight decay on matrices only, never on norm scales (HF skips LayerNorm weights); a
+    stacked [layers, d] norm scale is still a vector per layer."""
+    return jax.tree.map(
+        lambda stacked, p: jnp.ndim(p) - int(stacked) > 1, stacked_layers(params), params
+    )
+
+
+def _layerwise(fn: Callable[..., Any], stacked: bool) -> Callable[..., Any]:
+    """`fn` of one parameter's arrays, mapped over the leading 'layers' axis when stacked."""
+    return jax.vmap(fn) if stacked else fn
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeafResult:
+    """Not a pytree node: keeps one parameter's (update, state) together through tree.map."""
+
+    update: jax.Array
+    state: optax.FactoredState
+
+
+def per_layer(
+    inner: optax.GradientTransformation, stacked: StackedFn = stacked_layers
+) -> optax.GradientTransformation:
+    """A stateless per-parameter transform (block-RMS clipping or scaling) applied to every
+    parameter on its own, and to each layer of a stacked parameter on its own."""
+
+    def update_fn(
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
+        if params is None:
+            raise ValueError("per_layer needs the parameters (to find the stacked ones)")
+
+        def leaf(flag: bool, update: jax.Array, param: jax.Array) -> jax.Array:
+            def one(u: jax.Array, p: jax.Array) -> jax.Array:
+                return inner.update(u, optax.EmptyState(), p)[0]
+
+            return _layerwise(one, flag)(update, param)
+
+        return jax.tree.map(leaf, stacked(params), updates, params), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def per_layer_factored_rms(
+    stacked: StackedFn = stacked_layers, **kwargs: Any
+) -> optax.GradientTransformation:
+    """optax.scale_by_factored_rms (Adafactor's second moments, `kwargs` passed on) with the
+    statistics of a stacked parameter kept per layer: for a [layers, ...] array they equal the
+    per-layer statistics stacked (optax would factor or not by the stacked shape).
+
+    The state is optax's FactoredState (one step count; v_row, v_col, v shaped like optax's
+    for a per-layer parameter, with a leading 'layers' axis for stacked ones), so optimizer
+    state shardings follow the parameters as before.
+    """
+    inner = optax.scale_by_factored_rms(**kwargs)
+
+    def is_state(node: Any) -> bool:
+        return isinstance(node, optax.FactoredState)
+
+    def init_fn(params: optax.Params) -> optax.FactoredState:
+        states = jax.tree.map(
+            lambda flag, p: _layerwise(inner.init, flag)(p), stacked(params), params
+        )
+
+        def field(name: str) -> Any:
+            return jax.tree.map(lambda s: getattr(s, name), states, is_leaf=is_state)
+
+        return optax.FactoredState(
+            count=jnp.zeros([], jnp.int32),
+            v_row=field("v_row"),
+            v_col=field("v_col"),
+            v=field("v"),
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: optax.FactoredState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.FactoredState]:
+        if params is None:
+            raise ValueError("per_layer_factored_rms needs the parameters")
+
+        def leaf(
+            flag: bool,
+            grad: jax.Array,
+            v_row: jax.Array,
+            v_col: jax.Array,
+            v: jax.Array,
+            param: jax.Array,
+        ) -> _LeafResult:
+            def one(
+                g: jax.Array, vr: jax.Array, vc: jax.Array, vv: jax.Array, p: jax.Array
+            ) -> tuple[jax.Array, optax.FactoredState]:
+                return inner.update(g, optax.FactoredState(state.count, vr, vc, vv), p)
+
+            update, new_state = _layerwise(one, flag)(grad, v_row, v_col, v, param)
+            return _LeafResult(update, new_state)
+
+        results = jax.tree.map(
+            leaf, stacked(params), updates, state.v_row, state.v_col, state.v, params
+        )
+
+        def field(name: str) -> Any:
+            return jax.tree.map(lambda r: getattr(r.state, name), results)
+
+        new_updates = jax.tree.map(lambda r: r.update, results)
+        # Each leaf's own count (broadcast over layers by vmap) is dropped: one shared count.
+        return new_updates, optax.FactoredState(
+            count=optax.safe_increment(state.count),
+            v_row=field("v_row"),
+            v_col=field("v_col"),
+            v=field("v"),
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adafactor(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay_rate: float | None = None,
+    weight_decay_mask: Any = None,
+    stacked: StackedFn = stacked_layers,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: float = 0.8,
+    clipping_threshold: float = 1.0,
+    min_param_scale: float = 1e-3,
+    eps: float = 1e-30,
+) -> optax.GradientTransformation:
+    """optax.adafactor's chain (same defaults, same order), layer-aware for scanned stacks.
+
+    factored RMS -> clip by block RMS -> x learning rate -> x parameter block RMS -> + decay.
+    Weight decay follows optax/T5X: `weight_decay_rate * param` is added *after* the learning
+    rate and the parameter scale, so it is NOT multiplied by the learning rate (optax.adamw's
+    decoupled decay is: lr * wd * param). For unstacked parameters the result is optax.adafactor's.
+    """
+    transforms = [
+        per_layer_factored_rms(
+            stacked,
+            factored=True,
+            decay_rate=decay_rate,
+            step_offset=0,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            epsilon=eps,
+        ),
+        per_layer(optax.clip_by_block_rms(clipping_threshold), stacked),
+        optax.scale_by_learning_rate(learning_rate, flip_sign=False),
+        per_layer(optax.scale_by_param_block_rms(min_param_scale), stacked),
+    ]
+    if weight_decay_rate:
+        transforms.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+    transforms.append(optax.scale(-1.0))
+    return optax.chain(*transforms)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Clipping (if grad_clip_norm > 0) followed by the configured optimizer and schedule."""
+    """Clipping (if grad_clip_norm > 0) followed by the configured optimizer and schedule.
+
+    Weight decay (config.weight_decay, matrices only): AdamW applies optax.adamw's decoupled
+    decay, lr(t) * weight_decay * param per step. Adafactor keeps T5X/optax semantics: the decay
+    is added after the learning-rate scaling, i.e. weight_decay * param per step, NOT scaled by
+    the learning rate or its schedule (choose the value accordingly). With
+    scan_layers, Adafactor treats the stacked 'layers' axis as a batch axis (see `adafactor`).
+    """
     schedule = make_learning_rate_schedule(config)
     name = config.optimizer
     if name == "adamw":
@@ -71,7 +262,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
             mask=_decay_mask,
         )
     elif name == "adafactor":
-        optimizer = optax.adafactor(
+        optimizer = adafactor(
             schedule,
             weight_decay_rate=float(config.weight_decay) or None,
             weight_decay_mask=_decay_mask,

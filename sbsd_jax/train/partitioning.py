@@ -155,15 +155,98 @@ def data_parallel_size(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[name] for name in BATCH_MESH_AXES]))
 
 
+def shards_per_dim(sharding: NamedSharding, ndim: int) -> tuple[int, ...]:
+    """How many pieces the sharding cuts each of `ndim` dimensions into (mesh axis products)."""
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    counts = []
+    for axes in spec[:ndim]:
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        counts.append(int(np.prod([sharding.mesh.shape[name] for name in names])))
+    return tuple(counts)
+
+
+def _process_pieces(
+    sharding: NamedSharding,
+    global_shape: tuple[int, ...],
+    devices: Sequence[jax.Device] | None,
+) -> list[list[tuple[int, int]]]:
+    """Per dimension, the distinct (start, stop) pieces the shards on `devices` cover, sorted."""
+    index_map = sharding.devices_indices_map(global_shape)
+    devices = list(sharding.addressable_devices if devices is None else devices)
+    shards = [index_map[device] for device in devices if device in index_map]
+    if not shards:
+        raise ValueError(
+            f"none of this process's devices {[d.id for d in devices]} is in the mesh "
+            f"{dict(sharding.mesh.shape)}; a multi-process mesh must use every device"
+        )
+    bounds = [
+        tuple(index.indices(size)[:2] for index, size in zip(shard, global_shape, strict=True))
+        for shard in shards
+    ]
+    return [sorted({bound[dim] for bound in bounds}) for dim in range(len(global_shape))]
+
+
+def process_batch_rows(
+    sharding: NamedSharding,
+    num_rows: int,
+    devices: Sequence[jax.Device] | None = None,
+) -> np.ndarray:
+    """The rows (ascending indices) of a global batch of `num_rows` rows this process loads.
+
+    Derived from where the sharding puts the rows, not from the process index: when a mesh
+    axis the batch is not split over (e.g. 'tensor') spans processes, those processes load the
+    same rows; and on a TPU pod the physical device order can give a host batch shards that
+    are not adjacent (e.g. rows 0-3 and 8-11), which it loads in ascending order, the order
+    jax.make_array_from_process_local_data expects. `devices` defaults to this process's
+    devices (a parameter for tests).
+    """
+    shards = shards_per_dim(sharding, max(1, len(sharding.spec)))
+    if num_rows < 1 or num_rows % shards[0]:
+        raise ValueError(
+            f"a global batch of {num_rows} rows does not split over the {shards[0]} batch "
+            f"shards of {sharding.spec} on mesh {dict(sharding.mesh.shape)}"
+        )
+    pieces = _process_pieces(sharding, (num_rows, *shards[1:]), devices)
+    return np.concatenate([np.arange(start, stop) for start, stop in pieces[0]])
+
+
+def global_shape_of_local(
+    sharding: NamedSharding,
+    local_shape: Sequence[int],
+    devices: Sequence[jax.Device] | None = None,
+) -> tuple[int, ...]:
+    """The global shape of which `local_shape` is this process's part.
+
+    Counted in shards: a process holding k of the n pieces of a dimension holds k/n of it
+    (shards shared with other processes count once; jax.make_array_from_process_local_data
+    takes the local data as the process's pieces in order, contiguous or not).
+    """
+    local_shape = tuple(int(size) for size in local_shape)
+    shards = shards_per_dim(sharding, len(local_shape))
+    pieces = _process_pieces(sharding, shards, devices)
+    global_shape = []
+    for dim, (size, count, intervals) in enumerate(zip(local_shape, shards, pieces, strict=True)):
+        held = len(intervals)
+        if size % held:
+            raise ValueError(
+                f"dimension {dim} of a process-local array of shape {local_shape} does not "
+                f"split into the {held} shard(s) of {sharding.spec} this process holds"
+            )
+        global_shape.append(size // held * count)
+    return tuple(global_shape)
+
+
 def host_local_to_global(
     batch: Mapping[str, np.ndarray],
     mesh: Mesh,
     shardings: NamedSharding | Mapping[str, NamedSharding] | None = None,
 ) -> dict[str, jax.Array]:
-    """Turns this process's slice of a batch into global jax.Arrays placed on the mesh.
+    """Turns this process's block of a batch into global jax.Arrays placed on the mesh.
 
-    Each process passes the rows it loaded (the global batch divided by process count); on a
-    single process this is a sharded device_put. `shardings` defaults to batch_sharding(mesh).
+    Each process passes the rows process_batch_rows gives it (processes that share rows pass
+    the same rows); the global shape is derived from the sharding the same way and passed
+    explicitly, so shared rows are not counted twice. On a single process this is a sharded
+    device_put. `shardings` defaults to batch_sharding(mesh).
     """
     result = {}
     for key, local in batch.items():
@@ -171,5 +254,8 @@ def host_local_to_global(
             sharding = shardings[key]
         else:
             sharding = shardings if shardings is not None else batch_sharding(mesh)
-        result[key] = jax.make_array_from_process_local_data(sharding, np.asarray(local))
+        local = np.asarray(local)
+        result[key] = jax.make_array_from_process_local_data(
+            sharding, local, global_shape_of_local(sharding, local.shape)
+        )
     return result
