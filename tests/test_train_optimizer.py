@@ -25,10 +25,12 @@ LAYER_SCALES = (0.01, 1.0)  # the reviewer's case: two layers at very different 
 STEPS = 4
 
 # name -> (per-layer shape, per-layer logical names); wi is factored (both dims >= 128), the
-# 3-D attention-like kernel is not, the norm scale is a vector (a [layers, d] matrix stacked).
+# small 3-D attention kernel is not, the larger one is (heads x kv joined: 256), the norm scale
+# is a vector (a [layers, d] matrix stacked).
 LAYER_PARAMS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     "wi": ((128, 256), ("embed", "mlp")),
     "query": ((16, 4, 8), ("embed", "heads", "kv")),
+    "key": ((128, 4, 64), ("embed", "heads", "kv")),  # factored with heads and kv joined
     "norm": ((128,), ("embed",)),
 }
 
@@ -184,15 +186,25 @@ def test_optax_adafactor_mixes_stacked_layers():
     np.testing.assert_allclose(rms(wi[0]), rms(wi[1]), rtol=1e-6)
 
 
+def without_joined_factoring(tree: dict[str, Any]) -> dict[str, Any]:
+    """The tree without the kernel whose heads x kv are factored jointly (tested below)."""
+    for layer in tree["layers"].values():
+        del layer["key"]
+    return tree
+
+
 def test_adafactor_equals_optax_adafactor_on_unstacked_parameters():
-    """Same chain as optax.adafactor: the unscanned model's training is unchanged."""
+    """Same chain as optax.adafactor: apart from attention kernels factored with heads and kv
+    joined (tested separately), the unscanned model's training is unchanged."""
     rng = np.random.default_rng(1)
-    params = unscanned_tree(layer_values(rng, LAYER_SCALES), np.ones(128))
+    params = without_joined_factoring(unscanned_tree(layer_values(rng, LAYER_SCALES), np.ones(128)))
     ours = optimizer_lib.adafactor(1e-2, weight_decay_rate=1e-3)
     reference = optax.adafactor(1e-2, weight_decay_rate=1e-3)
     ours_state, reference_state = ours.init(params), reference.init(params)
     for _ in range(3):
-        grads = unscanned_tree(layer_values(rng, LAYER_SCALES), rng.normal(size=(128,)))
+        grads = without_joined_factoring(
+            unscanned_tree(layer_values(rng, LAYER_SCALES), rng.normal(size=(128,)))
+        )
         ours_updates, ours_state = ours.update(grads, ours_state, params)
         reference_updates, reference_state = reference.update(grads, reference_state, params)
         jax.tree.map(
@@ -222,3 +234,40 @@ def test_adamw_is_unaffected_by_stacking():
         -config.learning_rate * weight_decay * array(params["layers"]["wi"]),
         rtol=1e-6,
     )
+
+
+def test_attention_kernels_are_factored_with_heads_and_kv_joined_as_t5x_does():
+    """[embed, heads, kv] with heads and kv each below 128 would keep a full second moment;
+    joined ([embed, heads*kv]) it is factored, and the update is optax's for that 2-D kernel."""
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(256, 4, 64)).astype(np.float32)
+    out = rng.normal(size=(4, 64, 256)).astype(np.float32)
+    grads = [rng.normal(size=a.shape).astype(np.float32) for a in (query, out)]
+    params = {
+        "query": param(query, ("embed", "heads", "kv")),
+        "out": param(out, ("heads", "kv", "embed")),
+    }
+    updates = {
+        "query": param(grads[0], ("embed", "heads", "kv")),
+        "out": param(grads[1], ("heads", "kv", "embed")),
+    }
+    ours = optimizer_lib.adafactor(1e-2)
+    state = ours.init(params)
+    factored = state[0]
+    assert factored.v_row["query"].value.shape == (256,)
+    assert factored.v_col["query"].value.shape == (256,)
+    assert factored.v_row["out"].value.shape == (256,)
+    new, _ = ours.update(updates, state, params)
+
+    reference = optax.adafactor(1e-2)
+    for name, value, grad, shape in (
+        ("query", query, grads[0], (256, 256)),
+        ("out", out, grads[1], (256, 256)),
+    ):
+        flat = {name: jnp.asarray(value.reshape(shape))}
+        expected, _ = reference.update(
+            {name: jnp.asarray(grad.reshape(shape))}, reference.init(flat), flat
+        )
+        np.testing.assert_allclose(
+            np.asarray(new[name].value), np.asarray(expected[name]).reshape(value.shape), rtol=1e-5
+        )

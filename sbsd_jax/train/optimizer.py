@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -100,6 +101,46 @@ def _layerwise(fn: Callable[..., Any], stacked: bool) -> Callable[..., Any]:
     return jax.vmap(fn) if stacked else fn
 
 
+# Adjacent logical axes that Adafactor factors as one (T5X's factor rules give 'heads' and 'kv'
+# both the COLUMN role): an attention kernel [embed, heads, kv] has second moments factored as
+# [embed] x [heads*kv], as T5X's joined_kv kernels have, instead of stored in full (optax
+# factors only the two largest dims, and heads/kv are each below min_dim_size_to_factor).
+_JOINED_FOR_FACTORING = ("heads", "kv")
+
+
+@dataclasses.dataclass(frozen=True)
+class _FactoringShape:
+    """Not a pytree node: the per-layer shape a parameter's second moments are factored in
+    (None: its own shape)."""
+
+    shape: tuple[int, ...] | None
+
+
+def factoring_shapes(params: optax.Params, min_dim_size_to_factor: int = 128) -> Any:
+    """For each parameter, the per-layer shape its Adafactor statistics use: ('heads', 'kv')
+    joined into one dimension when that makes it factorable, else None (unchanged)."""
+
+    def shape_of(node: Any) -> _FactoringShape:
+        names = partitioning.logical_names(node) if _is_variable(node) else None
+        if not names:
+            return _FactoringShape(None)
+        value = node.get_value() if hasattr(node, "get_value") else node.value
+        shape = list(np.shape(value))
+        names = list(names)
+        if names[0] == LAYER_AXIS:
+            shape, names = shape[1:], names[1:]
+        for index in range(len(names) - 1):
+            if tuple(names[index : index + 2]) == _JOINED_FOR_FACTORING:
+                joined = [*shape[:index], shape[index] * shape[index + 1], *shape[index + 2 :]]
+                two_largest = sorted(joined)[-2:]
+                if len(joined) >= 2 and min(two_largest) >= min_dim_size_to_factor:
+                    return _FactoringShape(tuple(joined))
+        return _FactoringShape(None)
+
+    nodes = jax.tree.leaves(params, is_leaf=_is_variable)
+    return jax.tree.unflatten(jax.tree.structure(params), [shape_of(node) for node in nodes])
+
+
 @dataclasses.dataclass(frozen=True)
 class _LeafResult:
     """Not a pytree node: keeps one parameter's (update, state) together through tree.map."""
@@ -136,20 +177,30 @@ def per_layer_factored_rms(
 ) -> optax.GradientTransformation:
     """optax.scale_by_factored_rms (Adafactor's second moments, `kwargs` passed on) with the
     statistics of a stacked parameter kept per layer: for a [layers, ...] array they equal the
-    per-layer statistics stacked (optax would factor or not by the stacked shape).
+    per-layer statistics stacked (optax would factor or not by the stacked shape). Attention
+    kernels are factored with 'heads' and 'kv' joined (factoring_shapes), as T5X does.
 
     The state is optax's FactoredState (one step count; v_row, v_col, v shaped like optax's
     for a per-layer parameter, with a leading 'layers' axis for stacked ones), so optimizer
     state shardings follow the parameters as before.
     """
     inner = optax.scale_by_factored_rms(**kwargs)
+    min_dim = int(kwargs.get("min_dim_size_to_factor", 128))
 
     def is_state(node: Any) -> bool:
         return isinstance(node, optax.FactoredState)
 
+    def reshaped(array: jax.Array, factoring: _FactoringShape) -> jax.Array:
+        return array if factoring.shape is None else array.reshape(factoring.shape)
+
     def init_fn(params: optax.Params) -> optax.FactoredState:
         states = jax.tree.map(
-            lambda flag, p: _layerwise(inner.init, flag)(p), stacked(params), params
+            lambda flag, factoring, p: _layerwise(
+                lambda one: inner.init(reshaped(one, factoring)), flag
+            )(p),
+            stacked(params),
+            factoring_shapes(params, min_dim),
+            params,
         )
 
         def field(name: str) -> Any:
@@ -170,6 +221,7 @@ def per_layer_factored_rms(
 
         def leaf(
             flag: bool,
+            factoring: _FactoringShape,
             grad: jax.Array,
             v_row: jax.Array,
             v_col: jax.Array,
@@ -179,13 +231,25 @@ def per_layer_factored_rms(
             def one(
                 g: jax.Array, vr: jax.Array, vc: jax.Array, vv: jax.Array, p: jax.Array
             ) -> tuple[jax.Array, optax.FactoredState]:
-                return inner.update(g, optax.FactoredState(state.count, vr, vc, vv), p)
+                update, new = inner.update(
+                    reshaped(g, factoring),
+                    optax.FactoredState(state.count, vr, vc, vv),
+                    reshaped(p, factoring),
+                )
+                return update.reshape(g.shape), new
 
             update, new_state = _layerwise(one, flag)(grad, v_row, v_col, v, param)
             return _LeafResult(update, new_state)
 
         results = jax.tree.map(
-            leaf, stacked(params), updates, state.v_row, state.v_col, state.v, params
+            leaf,
+            stacked(params),
+            factoring_shapes(params, min_dim),
+            updates,
+            state.v_row,
+            state.v_col,
+            state.v,
+            params,
         )
 
         def field(name: str) -> Any:
