@@ -117,6 +117,9 @@ def test_training_run_logs_falling_loss_evaluates_and_writes_every_file(tmp_path
     assert (workdir / "checkpoints" / "30").is_dir()
     assert (export_dir / "config.json").is_file()
     assert (export_dir / "model.safetensors").is_file()
+    assert json.loads((export_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "ByT5Tokenizer"  # the byte vocabulary, readable by AutoTokenizer
+    )
     # The summary says where the run's files are.
     assert str(workdir / "metrics.jsonl") in result.stdout
     assert f"Hugging Face export: {export_dir} (step " in result.stdout

@@ -235,3 +235,24 @@ def test_our_scanned_params_survive_export_and_import(tmp_path: Path) -> None:
         lambda a, b: bool(np.array_equal(a, b)), nnx.to_pure_dict(params), nnx.to_pure_dict(loaded)
     )
     assert all(jax.tree.leaves(same))
+
+
+def test_a_byte_vocabulary_student_exports_a_tokenizer_that_reads_the_same_ids(
+    tmp_path: Path,
+) -> None:
+    import seqio
+
+    from sbsd_jax.model.config import get_model_config
+    from sbsd_jax.model.t5 import T5
+
+    config = get_model_config("t5_tiny", vocab_size=384)
+    _, params = nnx.split(T5(config, rngs=nnx.Rngs(0)), nnx.Param)
+    save_hf_t5(params, config, tmp_path, byte_vocabulary=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert type(tokenizer).__name__ == "ByT5Tokenizer"
+    text = "predict: 7 + 5 = ?"
+    ours = list(seqio.ByteVocabulary().encode(text)) + [1]  # + EOS, as the trainer feeds it
+    assert tokenizer(text).input_ids == ours
+    assert tokenizer.decode(ours, skip_special_tokens=True) == text
+    with pytest.raises(ValueError, match="no tokenizer file"):
+        save_hf_t5(params, config, tmp_path / "x", tokenizer_file="a.model", byte_vocabulary=True)

@@ -509,13 +509,19 @@ def save_hf_t5(
     out_dir: str | os.PathLike[str],
     *,
     tokenizer_file: TokenizerFiles = None,
+    byte_vocabulary: bool = False,
     dtype: str | None = None,
 ) -> Path:
     """Export to a directory loadable by `T5ForConditionalGeneration.from_pretrained`.
 
     Writes config.json and model.safetensors (float32 unless `dtype`, e.g. 'bfloat16'), and copies
     tokenizer files: a SentencePiece `*.model` becomes spiece.model, other files keep their name.
+    `byte_vocabulary`: the student reads SeqIO byte ids (pad 0, EOS 1, UNK 2, byte b -> b + 3),
+    which is ByT5's tokenizer with no extra ids; tokenizer_config.json says so, because without
+    it AutoTokenizer would build an empty T5Tokenizer for a `t5` model and encode text as UNK.
     """
+    if byte_vocabulary and tokenizer_file is not None:
+        raise ValueError("save_hf_t5: a byte vocabulary has no tokenizer file to copy")
     import safetensors.numpy
 
     out = Path(out_dir)
@@ -545,6 +551,9 @@ def save_hf_t5(
             raise CheckpointError(f"save_hf_t5: tokenizer file {source} does not exist")
         name = "spiece.model" if source.suffix == ".model" else source.name
         shutil.copyfile(source, out / name)
+    if byte_vocabulary:
+        tokenizer_config = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 0}
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return out
 
 

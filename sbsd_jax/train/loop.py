@@ -307,7 +307,13 @@ def _export(
     tokenizer = config.vocabulary if os.path.isfile(str(config.vocabulary)) else None
     out_dir = os.path.abspath(config.export_hf_dir)
     if jax.process_index() == 0:
-        save_hf_t5(jax.device_get(params), program.model_config, out_dir, tokenizer_file=tokenizer)
+        save_hf_t5(
+            jax.device_get(params),
+            program.model_config,
+            out_dir,
+            tokenizer_file=tokenizer,
+            byte_vocabulary=config.vocabulary == "byte",
+        )
     return out_dir, step
 
 
