@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from etils import epath
 
+from sbsd_jax.train.run_storage import is_url
+
 
 @dataclasses.dataclass(frozen=True)
 class PredictionRecord:
@@ -39,7 +41,7 @@ def write_predictions(
     is a second copy of the file."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remote = "://" in os.fspath(path)
+    remote = is_url(path)
     temporary = path if remote else path.with_name(path.name + ".tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         for record in records:

@@ -36,6 +36,12 @@ def load_sibling_config(config_file: str, name: str = "base.py") -> ml_collectio
     return load_config_file(pathlib.Path(config_file).with_name(name))
 
 
+def _unknown_field(error: AttributeError | KeyError) -> str:
+    """The field named by ml_collections' AttributeError/KeyError("'name'") for
+    --config.name=... when the config has no such field (configs are locked)."""
+    return str(error).strip("\"'")
+
+
 def with_overrides(
     config: ml_collections.ConfigDict, overrides: Mapping[str, str]
 ) -> ml_collections.ConfigDict:
@@ -54,7 +60,7 @@ def with_overrides(
     except flags.Error as error:
         raise ValueError(str(error)) from error
     except (AttributeError, KeyError) as error:
-        missing = str(error).strip("\"'")
+        missing = _unknown_field(error)
         raise ValueError(
             f"unknown config field {missing!r} (see configs/base.py for the fields)"
         ) from error
@@ -71,9 +77,7 @@ def parse_config_flags(argv: list[str], *, program: str) -> list[str]:
         print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
         sys.exit(1)
     except (AttributeError, KeyError) as error:
-        # ml_collections raises AttributeError/KeyError("'name'") for --config.name=... when the
-        # config has no such field (configs are locked: no new fields from the command line).
-        missing = str(error).strip("\"'")
+        missing = _unknown_field(error)
         culprits = [arg for arg in argv[1:] if arg.startswith("--config.") and missing in arg]
         where = culprits[0] if culprits else f"--config.{missing}"
         print(

@@ -129,10 +129,10 @@ def _path_name(key_path: tuple[Any, ...]) -> str:
     return "/".join(str(part) for part in parts)
 
 
-def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {
-        _path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+        _path_name(path): tuple(leaf.shape)
         for path, leaf in leaves
         if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
     }
@@ -149,10 +149,9 @@ def shape_mismatches(saved: Any, target: Any) -> list[str]:
             lines.append(f"{name}: in the checkpoint, not in this run")
         elif name not in saved_shapes:
             lines.append(f"{name}: in this run, not in the checkpoint")
-        elif saved_shapes[name][0] != target_shapes[name][0]:
+        elif saved_shapes[name] != target_shapes[name]:
             lines.append(
-                f"{name}: checkpoint shape {saved_shapes[name][0]}, "
-                f"this run {target_shapes[name][0]}"
+                f"{name}: checkpoint shape {saved_shapes[name]}, this run {target_shapes[name]}"
             )
     return lines
 

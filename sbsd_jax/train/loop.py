@@ -399,15 +399,6 @@ def _train_and_evaluate(
     prepared = pipeline.prepare_data(config)
     if prepared.report is not None and jax.process_index() == 0:
         print(prepared.report.format(), flush=True)
-    missing_splits = [split for split in config.eval_splits if split not in prepared.splits]
-    if missing_splits:
-        raise ConfigError(
-            [
-                f"config.eval_splits={tuple(config.eval_splits)!r}: the data has no "
-                f"{', '.join(map(repr, missing_splits))} split (it has "
-                f"{', '.join(sorted(prepared.splits))})"
-            ]
-        )
     # This process loads the batch rows its devices hold (shared when 'tensor' spans hosts).
     train_iterator = pipeline.make_train_iterator(
         config, prepared=prepared, batch_sharding=program.batch_sharding

@@ -284,7 +284,8 @@ def adafactor(
     factored RMS -> clip by block RMS -> x learning rate -> x parameter block RMS -> + decay.
     Weight decay follows optax/T5X: `weight_decay_rate * param` is added *after* the learning
     rate and the parameter scale, so it is NOT multiplied by the learning rate (optax.adamw's
-    decoupled decay is: lr * wd * param). For unstacked parameters the result is optax.adafactor's.
+    decoupled decay is: lr * wd * param). For unstacked parameters the result is optax.adafactor's,
+    except attention kernels, factored with heads and kv joined (factoring_shapes).
     """
     transforms = [
         per_layer_factored_rms(

@@ -19,6 +19,7 @@ factored second moments) and every scalar (step, counts) is replicated.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -221,7 +222,20 @@ def global_shape_of_local(
     (shards shared with other processes count once; jax.make_array_from_process_local_data
     takes the local data as the process's pieces in order, contiguous or not).
     """
-    local_shape = tuple(int(size) for size in local_shape)
+    return _global_shape_of_local(
+        sharding,
+        tuple(int(size) for size in local_shape),
+        None if devices is None else tuple(devices),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _global_shape_of_local(
+    sharding: NamedSharding,
+    local_shape: tuple[int, ...],
+    devices: tuple[jax.Device, ...] | None,
+) -> tuple[int, ...]:
+    """Cached: host_local_to_global asks for every array of every batch, always the same."""
     shards = shards_per_dim(sharding, len(local_shape))
     pieces = _process_pieces(sharding, shards, devices)
     global_shape = []
