@@ -184,11 +184,154 @@ def memory_report(compiled: jax.stages.Compiled, hbm_bytes: float | None) -> Mem
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ChipPeak:
+    """A chip's published dense bf16 peak and HBM bandwidth (vendor data sheets)."""
+
+    bf16_tflops: float
+    hbm_gb_per_s: float
+
+
+# Per chip (a TPU v4/v5p chip is its two TensorCores together; H100/H200: SXM, dense, no
+# sparsity). Sources: Cloud TPU system architecture pages, NVIDIA H100/H200 data sheets.
+CHIP_PEAKS: dict[str, ChipPeak] = {
+    "v4": ChipPeak(275.0, 1228.0),
+    "v5e": ChipPeak(197.0, 819.0),
+    "v5p": ChipPeak(459.0, 2765.0),
+    "v6e": ChipPeak(918.0, 1640.0),
+    "h100": ChipPeak(989.0, 3350.0),
+    "h200": ChipPeak(989.0, 4800.0),
+}
+_KIND_TO_CHIP = {"v4": "v4", "v5 lite": "v5e", "v5e": "v5e", "v5": "v5p", "v5p": "v5p"}
+_KIND_TO_CHIP |= {"v6 lite": "v6e", "v6e": "v6e", "h100": "h100", "h200": "h200"}
+
+
+def chip_for(device_kind: str, topology_name: str = "") -> str | None:
+    """CHIP_PEAKS key of libtpu's device_kind ('TPU v5 lite', 'NVIDIA H100 80GB HBM3', ...)
+    or of the topology name's prefix."""
+    kind = device_kind.lower().removeprefix("tpu").removeprefix("nvidia").strip()
+    for name in (kind, kind.split()[0] if kind else "", topology_name.split(":")[0].lower()):
+        if name in _KIND_TO_CHIP:
+            return _KIND_TO_CHIP[name]
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """What one train step costs per chip, on paper: the model's FLOPs by formula, XLA's
+    count of the compiled (per-device) program, and the roofline bound from the chip's peaks.
+    """
+
+    model_flops: float  # the whole step, all chips, by formula (sbsd_jax.model.flops)
+    xla_flops: float  # per device, XLA cost analysis (remat recomputation included)
+    xla_bytes: float  # per device, bytes XLA counts as accessed
+    chips: int
+    examples_per_step: int
+    peak: ChipPeak
+
+    @property
+    def xla_undercounts(self) -> bool:
+        """XLA's cost analysis counts a while-loop body once, so with scan_layers=True (and
+        gradient accumulation) its FLOPs and bytes are those of one iteration."""
+        return self.xla_flops < 0.9 * self.model_flops / self.chips
+
+    @property
+    def compute_seconds(self) -> float:
+        """At peak, for the larger of XLA's count and the formula's share of one chip."""
+        flops = max(self.xla_flops, self.model_flops / self.chips)
+        return flops / (self.peak.bf16_tflops * 1e12)
+
+    @property
+    def memory_seconds(self) -> float:
+        return self.xla_bytes / (self.peak.hbm_gb_per_s * 1e9)
+
+    @property
+    def bound_seconds(self) -> float:
+        """Best-case step time: neither the chip's FLOP/s nor its HBM can go faster."""
+        return max(self.compute_seconds, self.memory_seconds)
+
+    @property
+    def examples_per_second_per_chip(self) -> float:
+        return self.examples_per_step / self.chips / self.bound_seconds
+
+    def mfu(self, step_seconds: float) -> float:
+        """Model FLOPs utilisation of a step that takes step_seconds."""
+        return self.model_flops / self.chips / (step_seconds * self.peak.bf16_tflops * 1e12)
+
+    def table(self, measured_step_seconds: float | None = None) -> str:
+        per_chip = self.model_flops / self.chips
+        bound = "compute" if self.compute_seconds >= self.memory_seconds else "HBM bandwidth"
+        lines = [
+            f"{'model FLOPs per step (formula)':<38} {self.model_flops / 1e12:9.2f} TFLOP "
+            f"({per_chip / 1e12:.2f} per chip)",
+            f"{'XLA cost analysis, per chip':<38} {self.xla_flops / 1e12:9.2f} TFLOP, "
+            f"{self.xla_bytes / 1e9:.1f} GB accessed",
+            f"{'chip peak (bf16 dense, HBM)':<38} {self.peak.bf16_tflops:9.0f} TFLOP/s, "
+            f"{self.peak.hbm_gb_per_s:.0f} GB/s",
+            f"{'roofline step time':<38} {1e3 * self.bound_seconds:9.1f} ms ({bound} bound: "
+            f"compute {1e3 * self.compute_seconds:.1f} ms, memory {1e3 * self.memory_seconds:.1f}"
+            " ms)",
+            f"{'best case':<38} {self.examples_per_second_per_chip:9.1f} examples/s per chip, "
+            f"MFU at most {100 * self.mfu(self.bound_seconds):.0f}%",
+        ]
+        if self.xla_undercounts:
+            lines.append(
+                "  (XLA counts a loop body, e.g. scanned layers, once: its FLOPs and bytes are "
+                "one iteration's; the compute bound uses the formula, the memory bound is low)"
+            )
+        if measured_step_seconds:
+            lines.append(
+                f"{'measured':<38} {1e3 * measured_step_seconds:9.1f} ms per step: MFU "
+                f"{100 * self.mfu(measured_step_seconds):.1f}%, "
+                f"{self.examples_per_step / self.chips / measured_step_seconds:.1f} examples/s "
+                "per chip"
+            )
+        return "\n".join(lines)
+
+
+def step_cost(
+    compiled: jax.stages.Compiled,
+    config: ml_collections.ConfigDict,
+    model_config: object,
+    chips: int,
+    peak: ChipPeak,
+) -> StepCost:
+    """The compiled step's cost next to the formula for the config's full-length batch."""
+    from sbsd_jax.model.flops import train_step_flops
+
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older jax: one dict per program
+        analysis = analysis[0]
+    rows = config.batch_size * (2 if config.method == "step_by_step" else 1)
+    model_flops = train_step_flops(
+        model_config,
+        rows * config.grad_accum_steps,
+        config.max_input_length,
+        config.max_target_length,
+    )
+    return StepCost(
+        model_flops=float(model_flops),
+        xla_flops=float(analysis.get("flops", 0.0)),
+        xla_bytes=float(analysis.get("bytes accessed", 0.0)),
+        chips=chips,
+        examples_per_step=int(config.batch_size) * int(config.grad_accum_steps),
+        peak=peak,
+    )
+
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v4:2x2x4, v5e:2x4.")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice).")
 _HOST_BOUNDS = flags.DEFINE_list(
     "chips_per_host_bounds", [], "Chips per host as x,y,z (default 2,2,1; v5e/v6e:2x4 2,4,1)."
+)
+
+
+_CHIP = flags.DEFINE_enum(
+    "chip", None, list(CHIP_PEAKS), "Peaks for the roofline (default: the topology's chip)."
+)
+_MEASURED = flags.DEFINE_float(
+    "measured_step_seconds", None, "A real step time (GPU run, TPU log): prints measured MFU."
 )
 
 
@@ -235,6 +378,11 @@ def main(argv: list[str]) -> None:
     )
     print(f"compiled in {seconds:.1f} s")
     print(report.table())
+    chip = _CHIP.value or chip_for(devices[0].device_kind, _TOPOLOGY.value)
+    if chip is not None:
+        cost = step_cost(compiled, config, program.model_config, len(devices), CHIP_PEAKS[chip])
+        print(f"step cost on {chip} (peaks: published figures):")
+        print(cost.table(_MEASURED.value))
     if report.fits is False:
         sys.exit(1)
 

@@ -44,9 +44,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
+    from sbsd_jax.train.jax_platforms import skip_absent_accelerators
     from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
     apply_default_xla_flags()  # before JAX creates its backends
+    skip_absent_accelerators()  # no libtpu start-up chatter where no TPU (or GPU) exists
     from sbsd_jax.data.examples import DataFormatError
     from sbsd_jax.train.checkpointing import CorruptCheckpointError
     from sbsd_jax.train.loop import ConfigError, train_and_evaluate

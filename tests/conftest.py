@@ -1,12 +1,30 @@
-"""Test-wide set-up: 8 fake CPU devices for sharding tests, TensorFlow kept off accelerators."""
+"""Test-wide set-up: 8 fake CPU devices for sharding tests, TensorFlow kept off accelerators,
+one compilation cache for the session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# compute_dtype='auto' would pick bfloat16 on AMD CPUs with AVX512-BF16 and float32 elsewhere:
+# tests (and the processes they start) run the same float32 programs on every host kind.
+os.environ.setdefault("SBSD_CPU_AUTO_DTYPE", "float32")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Many tests compile the same tiny programs again: every process a resume or multi-host test
+# starts, and each test that builds the same model. JAX's persistent cache, fresh for each
+# session (so the suite's time is that of a cold start) and inherited by those processes,
+# compiles each program once. Its size limit turns on the file lock that two processes
+# compiling the same program at once need.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="sbsd-jax-test-compile-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))

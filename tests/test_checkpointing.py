@@ -219,7 +219,9 @@ def test_a_url_directory_reaches_orbax_as_given(monkeypatch, tmp_path):
             opened.append(os.fspath(path))
             return {}
 
-    monkeypatch.setattr(ocp, "CheckpointManager", FakeManager)
+    from sbsd_jax.train import checkpointing
+
+    monkeypatch.setattr(checkpointing, "_Manager", FakeManager)  # Orbax's, less a metrics quirk
     monkeypatch.setattr(ocp, "Checkpointer", FakeReader)
     monkeypatch.chdir(tmp_path)
     with Checkpointer("gs://my-bucket/runs/cqa/checkpoints", CheckpointPolicy()) as checkpointer:

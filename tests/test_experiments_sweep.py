@@ -171,3 +171,26 @@ def test_an_override_the_trainer_would_refuse_stops_the_sweep_before_anything_ru
     assert result.returncode == 2
     assert "unknown config field 'no_such_field'" in result.stderr
     assert "python -m" not in result.stdout
+
+
+def test_the_sweep_report_has_the_fraction_and_model_size_figures_with_the_teacher(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Cells as sbsd_jax.main leaves them (config.json + metrics.jsonl) feed the report builder."""
+    base = load_config_file(REPO / "configs" / "cqa.py")
+    cells = sweep.expand_grid(
+        ["t5_v1_1_small", "t5_v1_1_base"], ["0.5", "1.0"], ["standard", "step_by_step"]
+    )
+    for index, cell in enumerate(cells):
+        workdir = pathlib.Path(cell.workdir(str(tmp_path)))
+        fake_finished_run(str(workdir), step=10_000, accuracy=0.05 * (index + 1))
+        config = sweep.cell_config(base, cell, {})
+        (workdir / "config.json").write_text(config.to_json_best_effort())
+    text = sweep.describe_report(str(tmp_path), teacher_accuracy=0.77)
+    assert (tmp_path / "accuracy_vs_fraction.png").stat().st_size > 5000
+    assert (tmp_path / "accuracy_vs_model_size.png").stat().st_size > 5000
+    assert "figure: " in text and str(tmp_path / "report.md") in text
+    table = (tmp_path / "report.md").read_text()
+    assert "| t5_v1_1_small | 0.5 | 5.0 ± 0.0 (1) | 10.0 ± 0.0 (1) |" in table
+    assert "| t5_v1_1_base | 1 | 35.0 ± 0.0 (1) | 40.0 ± 0.0 (1) |" in table
+    assert "Teacher: 77.0%" in table

@@ -48,6 +48,7 @@ def tiny_run_config(data_dir: pathlib.Path, num_train_steps: int) -> dict[str, A
         "vocabulary": "byte",
         "model": "t5_v1_1_tiny",
         "model_overrides": {"vocab_size": 384, "dropout_rate": 0.1},
+        "compute_dtype": "float32",  # "auto" depends on the CPU; worker_env drops SBSD_*
         "max_input_length": 16,
         "max_target_length": 8,
         "batch_size": 8,  # 16 rows (predict + explain): 8 per process, 2 per data shard

@@ -121,7 +121,7 @@ def test_synthetic_source_writes_then_reads(tmp_path):
     assert os.path.isfile(tmp_path / "synthetic" / "synthetic_train.json")
     second = load_dataset_splits(spec)  # reads the files written the first time
     assert first.splits == second.splits
-    with pytest.raises(ValueError, match="only serves dataset 'synthetic'"):
+    with pytest.raises(ValueError, match="only serves datasets"):
         load_dataset_splits(DatasetSpec(dataset="cqa", source="synthetic"))
 
 

@@ -239,7 +239,7 @@ def test_sigterm_during_evaluation_checkpoints_at_once_and_the_resume_evaluates_
     assert "Stopped by SIGTERM at step 6/" in stdout
     assert _committed_steps(workdir)[-1] == 6
     metadata = json.loads((workdir / "checkpoints" / "6" / "_CHECKPOINT_METADATA").read_text())
-    assert metadata["custom_metadata"] == {"evaluation_pending": True}
+    assert metadata["custom_metadata"]["evaluation_pending"] is True  # besides the checksums
     assert not any("valid_accuracy" in line for line in (workdir / "metrics.jsonl").open())
 
     runs.run(workdir, *EVALUATING)

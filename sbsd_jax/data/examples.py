@@ -13,8 +13,18 @@ from typing import Any, Literal
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-# Datasets with a built-in reader. 'jsonl' is the user's own data, 'synthetic' the demo task.
-KNOWN_DATASETS: tuple[str, ...] = ("cqa", "svamp", "esnli", "anli1", "gsm8k", "jsonl", "synthetic")
+# Datasets with a built-in reader. 'jsonl' is the user's own data; 'synthetic' (arithmetic) and
+# 'synthetic_world' (knowledge) are the demo's tasks.
+KNOWN_DATASETS: tuple[str, ...] = (
+    "cqa",
+    "svamp",
+    "esnli",
+    "anli1",
+    "gsm8k",
+    "jsonl",
+    "synthetic",
+    "synthetic_world",
+)
 SOURCE_KINDS: tuple[str, ...] = ("paper", "hf", "tfds", "jsonl", "synthetic")
 
 # e-SNLI / ANLI integer labels, as in the reference's _post_process.

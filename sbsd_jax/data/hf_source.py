@@ -33,6 +33,7 @@ HF_DEFAULTS: dict[str, tuple[str | None, str | None, dict[str, tuple[str, ...]]]
     "gsm8k": ("openai/gsm8k", "main", {}),
     "svamp": (None, None, {}),
     "synthetic": (None, None, {}),
+    "synthetic_world": (None, None, {}),
     "jsonl": (None, None, {}),
 }
 _GENERIC_SPLIT_NAMES = {

@@ -14,7 +14,13 @@ from __future__ import annotations
 import os
 
 from sbsd_jax.data.examples import SPLITS, DataFormatError
-from sbsd_jax.data.records import RawExample, Where, convert_record, read_jsonl_rows
+from sbsd_jax.data.records import (
+    RawExample,
+    Where,
+    check_split_examples,
+    convert_record,
+    read_jsonl_rows,
+)
 from sbsd_jax.data.teacher_outputs import (
     SourceData,
     TeacherOutput,
@@ -55,12 +61,14 @@ def load_jsonl(
             continue
         examples: list[RawExample] = []
         teacher: list[TeacherOutput | None] = []
-        for index, (line_number, row) in enumerate(read_jsonl_rows(path)):
+        rows = read_jsonl_rows(path)
+        for index, (line_number, row) in enumerate(rows):
             where = Where(path, line_number)
             examples.append(
                 convert_record("jsonl", row, default_id=f"{split}-{index}", where=where)
             )
             teacher.append(_teacher_from_row(dataset, row, where))
+        check_split_examples(path, examples, [line_number for line_number, _ in rows])
         data.splits[split] = examples
         data.origin[split] = path
         if load_teacher and rationale_dir is not None:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import os
 
 from sbsd_jax.data.examples import SPLITS, DataFormatError
-from sbsd_jax.data.records import RawExample, Where, convert_record, read_jsonl_rows
+from sbsd_jax.data.records import (
+    RawExample,
+    Where,
+    check_split_examples,
+    convert_record,
+    read_jsonl_rows,
+)
 from sbsd_jax.data.teacher_outputs import SourceData, load_teacher_outputs
 
 
@@ -21,16 +27,14 @@ def split_path(data_dir: str, dataset: str, split: str) -> str:
 
 def read_split_file(dataset: str, path: str, split: str) -> list[RawExample]:
     """All examples of one JSON-lines split file; DataFormatError names file, line and field."""
-    examples = []
-    for index, (line_number, row) in enumerate(read_jsonl_rows(path)):
-        examples.append(
-            convert_record(
-                dataset,
-                row,
-                default_id=f"{dataset}-{split}-{index}",
-                where=Where(path, line_number),
-            )
+    rows = read_jsonl_rows(path)
+    examples = [
+        convert_record(
+            dataset, row, default_id=f"{dataset}-{split}-{index}", where=Where(path, line_number)
         )
+        for index, (line_number, row) in enumerate(rows)
+    ]
+    check_split_examples(path, examples, [line_number for line_number, _ in rows])
     return examples
 
 

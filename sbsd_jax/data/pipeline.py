@@ -48,6 +48,12 @@ from sbsd_jax.data.tasks import (
     registration_suffix,
     tokenized_columns,
 )
+from sbsd_jax.data.truncation import (
+    LengthLimits,
+    count_truncations,
+    report_truncations,
+    vocabulary_name,
+)
 from sbsd_jax.data.vocabulary import make_vocabulary
 
 if TYPE_CHECKING:
@@ -462,7 +468,8 @@ def prepare_data(
     if splits is None:
         loaded = load_dataset(config)
         splits, report = loaded.splits, loaded.report
-    vocabulary = make_vocabulary(_get(config, "vocabulary", "byte"))
+    vocabulary_spec = _get(config, "vocabulary", "byte")
+    vocabulary = make_vocabulary(vocabulary_spec)
     registered = register_tasks(
         _get(config, "dataset"),
         splits,
@@ -471,6 +478,12 @@ def prepare_data(
     )
     max_input_length = int(_get(config, "max_input_length", 1024))
     max_target_length = int(_get(config, "max_target_length", 256))
+    if report is not None:
+        limits = LengthLimits(max_input_length, max_target_length)
+        counts = count_truncations(
+            _get(config, "dataset"), method, splits, vocabulary.encode, limits
+        )
+        report_truncations(report, counts, limits, vocabulary_name(vocabulary_spec))
     train_set = tokenize_train_set(
         registered,
         METHOD_TASKS[method],

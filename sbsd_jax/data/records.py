@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sbsd_jax.data.examples import NLI_LABELS, DataFormatError, cqa_input, nli_input
 from sbsd_jax.data.teacher_parsing import normalize_number
+from sbsd_jax.data.text_files import text_lines
 
 _GSM8K_CALCULATOR = re.compile(r"<<[^>]*>>")
 _GSM8K_ANSWER_MARK = "####"
@@ -38,21 +39,37 @@ class Where:
         return DataFormatError(message, path=self.path, line=self.line, field=field)
 
 
-def _text(record: Mapping[str, Any], field: str, where: Where) -> str:
+def _text(record: Mapping[str, Any], field: str, where: Where, *, allow_blank: bool = False) -> str:
+    """A required text field; blank text is refused (an empty input or label would train and
+    score on nothing without a word) unless allow_blank."""
     if field not in record:
         raise where.error(f"missing field (has: {', '.join(sorted(record))})", field)
     value = record[field]
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if not isinstance(value, str):
-        raise where.error(f"expected text, got {type(value).__name__}", field)
+        raise where.error(f"expected text, got {_json_type(value)}", field)
+    if not allow_blank and not value.strip():
+        raise where.error("empty text", field)
     return value
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, as the user wrote it in the file."""
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _optional_text(record: Mapping[str, Any], field: str, where: Where) -> str | None:
     if record.get(field) is None:
         return None
-    text = _text(record, field, where)
+    text = _text(record, field, where, allow_blank=True)
     return text if text.strip() else None
 
 
@@ -137,11 +154,11 @@ def convert_record(
             label=label,
             human_rationale=solution or None,
         )
-    # synthetic, jsonl: already input/label.
+    # synthetic, jsonl: already input/label. A whole-number label may be written as a JSON
+    # number; a fraction may not (3.0 vs "3" would decide what counts as correct).
     label = record.get("label")
-    if isinstance(label, int | float) and not isinstance(label, bool):
-        label = str(label)
-        record = {**record, "label": label}
+    if isinstance(label, int) and not isinstance(label, bool):
+        record = {**record, "label": str(label)}
     return RawExample(
         id=str(record["id"]) if record.get("id") is not None else default_id,
         input=_text(record, "input", where),
@@ -151,25 +168,45 @@ def convert_record(
 
 
 def read_jsonl_rows(path: str) -> list[tuple[int, dict]]:
-    """(1-based line number, object) for each non-blank line; DataFormatError on bad lines."""
+    """(1-based line number, object) for each non-blank line; DataFormatError on bad lines
+    (malformed JSON, not an object, not UTF-8; a BOM and CRLF line ends are fine)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(
-                    f"malformed JSON ({error.msg}, column {error.colno})",
-                    path=path,
-                    line=line_number,
-                ) from error
-            if not isinstance(row, dict):
-                raise DataFormatError(
-                    f"expected a JSON object, got {type(row).__name__}",
-                    path=path,
-                    line=line_number,
-                )
-            rows.append((line_number, row))
+    for line_number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(
+                f"malformed JSON ({error.msg}, column {error.colno})",
+                path=path,
+                line=line_number,
+            ) from None
+        if not isinstance(row, dict):
+            raise DataFormatError(
+                f"expected a JSON object, got {type(row).__name__}",
+                path=path,
+                line=line_number,
+            )
+        rows.append((line_number, row))
     return rows
+
+
+def check_split_examples(
+    path: str, examples: Sequence[RawExample], line_numbers: Sequence[int]
+) -> None:
+    """A split file holds at least one example and no id twice (predictions, teacher rows and
+    resumed runs are matched by id, so a repeated id would pair the wrong examples)."""
+    if not examples:
+        raise DataFormatError("no examples: the file is empty", path=path)
+    first_line: dict[str, int] = {}
+    for example, line_number in zip(examples, line_numbers, strict=True):
+        if example.id in first_line:
+            raise DataFormatError(
+                f"duplicate id {example.id!r} (first on line {first_line[example.id]}); "
+                "ids must be unique within a split",
+                path=path,
+                line=line_number,
+                field="id",
+            )
+        first_line[example.id] = line_number

@@ -46,6 +46,10 @@ class SplitReport:
     dropped_unparseable: int = 0
     teacher_correct: int = 0
     label_fallbacks_to_gt: int = 0
+    # Examples whose input / target the length limits trim (DataReport.length_limits; see
+    # sbsd_jax.data.truncation); 0 when they were not counted.
+    truncated_inputs: int = 0
+    truncated_targets: int = 0
 
     # False when the teacher's outputs carry rationales but no labels (e.g. JSONL rows with
     # `rationale` and no `llm_label`): there is no teacher accuracy to report then.
@@ -71,6 +75,8 @@ class DataReport:
     train_fraction: float
     splits: dict[str, SplitReport] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # (max_input_length, max_target_length, vocabulary) the truncations were counted for.
+    length_limits: tuple[int, int, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         result = dataclasses.asdict(self)
@@ -97,6 +103,8 @@ class DataReport:
         for split in self.splits.values():
             for reason, count in sorted(split.failure_reasons.items(), key=lambda kv: -kv[1]):
                 lines.append(f"  {split.split}: {count} x {reason}")
+            if split.truncated_inputs or split.truncated_targets:
+                lines.append(f"  {split.split}: {self._truncation_text(split)}")
             if split.label_fallbacks_to_gt:
                 lines.append(
                     f"  {split.split}: {split.label_fallbacks_to_gt} kept unparseable examples "
@@ -104,6 +112,16 @@ class DataReport:
                 )
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def _truncation_text(self, split: SplitReport) -> str:
+        assert self.length_limits is not None
+        max_input, max_target, vocabulary = self.length_limits
+        parts = []
+        if split.truncated_inputs:
+            parts.append(f"{split.truncated_inputs} inputs over max_input_length={max_input}")
+        if split.truncated_targets:
+            parts.append(f"{split.truncated_targets} targets over max_target_length={max_target}")
+        return f"{' and '.join(parts)} ({vocabulary} tokens, EOS included) are truncated"
 
 
 def _percent(value: float | None) -> str:

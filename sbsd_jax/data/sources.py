@@ -86,18 +86,23 @@ def read_source(spec: DatasetSpec) -> SourceData:
             load_teacher=spec.load_teacher,
         )
     if spec.source == "synthetic":
+        from sbsd_jax.data import synthetic, synthetic_world
         from sbsd_jax.data.paper_layout import load_paper_layout
-        from sbsd_jax.data.synthetic import SyntheticConfig, write_paper_layout
 
-        if spec.dataset != "synthetic":
+        writers = {
+            "synthetic": lambda folder: synthetic.write_paper_layout(folder),
+            "synthetic_world": lambda folder: synthetic_world.write_paper_layout(folder),
+        }
+        if spec.dataset not in writers:
             raise ValueError(
-                f"source 'synthetic' only serves dataset 'synthetic', not {spec.dataset!r}"
+                f"source 'synthetic' only serves datasets {sorted(writers)}, not {spec.dataset!r}"
             )
         data_dir = spec.data_dir or tempfile.mkdtemp(prefix="sbsd_synthetic_")
-        if not os.path.isfile(os.path.join(data_dir, "synthetic", "synthetic_train.json")):
-            write_paper_layout(data_dir, SyntheticConfig())
+        train_file = os.path.join(data_dir, spec.dataset, f"{spec.dataset}_train.json")
+        if not os.path.isfile(train_file):
+            writers[spec.dataset](data_dir)
         return load_paper_layout(
-            "synthetic",
+            spec.dataset,
             data_dir,
             load_teacher=spec.load_teacher,
             rationale_dir=spec.rationale_dir,

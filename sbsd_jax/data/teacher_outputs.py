@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from sbsd_jax.data.examples import DataFormatError
 from sbsd_jax.data.records import RawExample, read_jsonl_rows
 from sbsd_jax.data.teacher_parsing import UnparseableCompletion, parse_completion
+from sbsd_jax.data.text_files import read_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +48,11 @@ def read_cot_completions(files: Sequence[str]) -> list[str]:
     completions: list[str] = []
     for path in files:
         try:
-            with open(path, encoding="utf-8") as f:
-                outputs = json.load(f)
+            outputs = json.loads(read_text(path))  # a BOM and CRLF are fine, bad UTF-8 is named
         except json.JSONDecodeError as error:
             raise DataFormatError(
                 f"not valid JSON ({error.msg}, column {error.colno})", path=path, line=error.lineno
-            ) from error
+            ) from None
         if not isinstance(outputs, list):
             raise DataFormatError(
                 f"expected a JSON list of completions, got {type(outputs).__name__}", path=path

@@ -23,6 +23,7 @@ ANSWER_CUES: dict[str, str] = {
     "anli1": "So the answer is",
     "gsm8k": "The answer is",
     "synthetic": "The answer is",
+    "synthetic_world": "So the answer is",
     "jsonl": "The answer is",
 }
 
@@ -34,6 +35,7 @@ CONTINUATION_MARKERS: dict[str, str] = {
     "anli1": "Premise:",
     "gsm8k": "Q:",
     "synthetic": "Q:",
+    "synthetic_world": "Q:",
     "jsonl": "Q:",
 }
 
@@ -177,6 +179,7 @@ _PARSERS: dict[str, Callable[[str], ParsedCompletion]] = {
     "anli1": parse_anli1,
     "gsm8k": lambda completion: parse_final_number("gsm8k", completion),
     "synthetic": lambda completion: parse_final_number("synthetic", completion),
+    "synthetic_world": lambda completion: parse_free_text("synthetic_world", completion),
     "jsonl": lambda completion: parse_free_text("jsonl", completion),
 }
 

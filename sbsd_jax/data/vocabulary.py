@@ -87,3 +87,30 @@ def vocabulary_description(vocabulary: seqio.Vocabulary) -> str:
         digest = hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]
         return f"{type(vocabulary).__name__}(sha256={digest}, extra_ids={vocabulary.extra_ids})"
     return f"{type(vocabulary).__name__}(size={vocabulary.vocab_size})"
+
+
+WORD_VOCABULARY_SPEC = "word"  # the demo's: a word-level SentencePiece model of its training texts
+
+
+def train_word_vocabulary(texts: Sequence[str], path_prefix: str) -> str:
+    """A word-level SentencePiece model of `texts` (T5 ids: pad 0, EOS 1, unk 2); returns the
+    model file. For students trained from scratch on a small, closed vocabulary (the demo's
+    synthetic world): each word one id, so a made-up name is one embedding row. Train it on the
+    training split only, so nothing about valid or test leaks into the tokens."""
+    import sentencepiece
+
+    os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=path_prefix,
+        model_type="word",
+        vocab_size=max(8, len({w for text in texts for w in text.split()}) + 8),
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        user_defined_symbols=["predict:", "explain:"],
+        minloglevel=2,
+    )
+    return path_prefix + ".model"

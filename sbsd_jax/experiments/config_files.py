@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Mapping
 
@@ -36,10 +37,27 @@ def load_sibling_config(config_file: str, name: str = "base.py") -> ml_collectio
     return load_config_file(pathlib.Path(config_file).with_name(name))
 
 
+def _error_text(error: BaseException) -> str:
+    """The innermost message of ml_collections' (possibly nested) KeyError/AttributeError."""
+    message: object = error
+    while isinstance(message, BaseException) and message.args:
+        message = message.args[0]
+    return str(message)
+
+
 def _unknown_field(error: AttributeError | KeyError) -> str:
-    """The field named by ml_collections' AttributeError/KeyError("'name'") for
-    --config.name=... when the config has no such field (configs are locked)."""
-    return str(error).strip("\"'")
+    """The field named by ml_collections' AttributeError/KeyError("'name'"), or its
+    'Key "name" does not exist ... Did you mean "other"?', for --config.name=... when the
+    config has no such field (configs are locked)."""
+    text = _error_text(error)
+    match = re.search(r"[\"']([^\"'\s]+)[\"']", text)
+    return match.group(1) if match else text.strip("\"'")
+
+
+def _suggestion(error: AttributeError | KeyError) -> str:
+    """' (did you mean 'x'?)' when ml_collections has a close match, else ''."""
+    match = re.search(r'Did you mean "([^"]+)"', _error_text(error))
+    return f" (did you mean {match.group(1)!r}?)" if match else ""
 
 
 def with_overrides(
@@ -81,8 +99,8 @@ def parse_config_flags(argv: list[str], *, program: str) -> list[str]:
         culprits = [arg for arg in argv[1:] if arg.startswith("--config.") and missing in arg]
         where = culprits[0] if culprits else f"--config.{missing}"
         print(
-            f"{program}: unknown config field {missing!r} in {where}; see configs/base.py "
-            "for the fields (new fields cannot be added from the command line)",
+            f"{program}: unknown config field {missing!r} in {where}{_suggestion(error)}; see "
+            "configs/base.py for the fields (new fields cannot be added from the command line)",
             file=sys.stderr,
         )
         sys.exit(EXIT_CONFIG_ERROR)

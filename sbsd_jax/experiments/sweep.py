@@ -13,7 +13,9 @@ Every cell uses the same subsampling seed (config.subsample_seed), so cells with
 see the same examples. Each cell has its own workdir, DIR/<model>/frac_<f>/<method>; a cell whose
 metrics.jsonl already holds a test accuracy at the final step is skipped, and an interrupted one
 resumes from its checkpoints. --dry_run prints one `python -m sbsd_jax.main` command per cell
-(for a cluster) and runs nothing. The table goes to DIR/results.md and DIR/results.json.
+(for a cluster) and runs nothing. The table goes to DIR/results.md and DIR/results.json, and
+the report builder (sbsd_jax.experiments.report) writes report.md, runs.csv and the figures
+(accuracy vs training fraction, and vs model size when several models ran).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def _define_flags() -> None:
         "'hub' (each model's released checkpoint) or model=checkpoint pairs; empty: from scratch.",
     )
     flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+    flags.DEFINE_float(
+        "teacher_accuracy",
+        None,
+        "The teacher's test accuracy (0-1), drawn as a line in the figures.",
+    )
     flags.mark_flags_as_required(["config", "workdir_root"])
 
 
@@ -211,9 +218,11 @@ def run_sweep(
     overrides: Mapping[str, str],
 ) -> list[tuple[Cell, float | None]]:
     """Trains the unfinished cells one after another in this process; returns the accuracies."""
+    from sbsd_jax.train.jax_platforms import skip_absent_accelerators
     from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
     apply_default_xla_flags()  # no effect once JAX has started its backends
+    skip_absent_accelerators()  # as sbsd_jax.main does
     from sbsd_jax.train.loop import train_and_evaluate
 
     base = load_config_file(config_path)
@@ -250,7 +259,24 @@ def main(argv: Sequence[str]) -> int:
         return 0
     results = run_sweep(args.config, args.workdir_root, cells, overrides)
     print(write_results(args.workdir_root, results))
+    print(describe_report(args.workdir_root, args.teacher_accuracy))
     return 0
+
+
+def describe_report(workdir_root: str, teacher_accuracy: float | None) -> str:
+    """The report builder's files for the sweep's run directories (re-run it any time with
+    `python -m sbsd_jax.experiments.report --root=DIR`)."""
+    from sbsd_jax.experiments import report
+
+    lines = report.read_reference_lines(workdir_root)
+    if teacher_accuracy is not None:
+        lines = dataclasses.replace(lines, teacher_accuracy=teacher_accuracy)
+        report.write_reference_lines(workdir_root, lines)
+    files = report.write_report(workdir_root, lines=lines)
+    figures = [f for f in (files.fraction_figure, files.model_size_figure) if f]
+    return "\n".join(
+        [f"report: {files.markdown}", f"runs:   {files.csv}", *(f"figure: {f}" for f in figures)]
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 Writes {out_dir}/{dataset}/llm/{split}_CoT_{i}.json (out_dir defaults to data_dir, i.e. where
 the paper-layout reader looks) plus {out_dir}/{dataset}/teacher/{split}/ records, manifest and
 report. Rerun the same command after a crash or Ctrl-C to continue. Exit status: 0 done,
-1 bad flags, 2 refused (changed run, another run holds the lock, damaged records),
+1 bad flags, 2 refused (changed run, another run holds the lock, damaged records, a server
+that does not sample although --n_samples > 1 and --temperature > 0 ask it to),
 3 some examples still lack a completion (rerun to retry them), 4 teacher unavailable,
 130 interrupted.
 """
@@ -21,6 +22,7 @@ from absl import app, flags
 
 from sbsd_jax.teacher.client import (
     API_KEY_ENV,
+    MAX_TOKENS_FIELDS,
     ClientConfig,
     OpenAICompatibleClient,
     RetryPolicy,
@@ -29,6 +31,7 @@ from sbsd_jax.teacher.client import (
 from sbsd_jax.teacher.generation import (
     DEFAULT_CHUNK_SIZE,
     GenerationConfig,
+    TeacherDoesNotSampleError,
     TeacherUnavailableError,
     export_layout,
     generate,
@@ -67,6 +70,17 @@ flags.DEFINE_float("temperature", 0.0, "Sampling temperature (use > 0 with --n_s
 flags.DEFINE_float("top_p", None, "Nucleus sampling; default: the server's.")
 flags.DEFINE_integer("seed", None, "Sampling seed, for servers that support one.")
 flags.DEFINE_integer("max_tokens", 256, "Completion length limit.")
+flags.DEFINE_enum(
+    "max_tokens_field",
+    "max_tokens",
+    list(MAX_TOKENS_FIELDS),
+    "Request field carrying --max_tokens: max_completion_tokens for servers that require it.",
+)
+flags.DEFINE_bool(
+    "allow_non_sampling",
+    False,
+    "Go on (with a warning) when --n_samples > 1 at temperature > 0 gets identical samples.",
+)
 flags.DEFINE_multi_string(
     "stop", None, "Stop sequence(s), '\\n' for a newline; default: the prompt set's."
 )
@@ -155,6 +169,7 @@ def main(argv: list[str]) -> int:
             allow_missing=FLAGS.allow_missing,
             base_url=FLAGS.base_url,
             progress=FLAGS.progress,
+            allow_non_sampling=FLAGS.allow_non_sampling,
         )
     except (PromptSetError, ValueError) as error:
         raise app.UsageError(str(error)) from error
@@ -165,6 +180,7 @@ def main(argv: list[str]) -> int:
         api_key=FLAGS.api_key,
         chat=FLAGS.chat,
         timeout_s=FLAGS.timeout_s,
+        max_tokens_field=FLAGS.max_tokens_field,
         retry=RetryPolicy(
             max_attempts=FLAGS.max_attempts,
             initial_backoff_s=FLAGS.initial_backoff_s,
@@ -180,7 +196,13 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
-    except (RunMismatchError, RunLockedError, RecordsFileError, IncompleteRunError) as error:
+    except (
+        RunMismatchError,
+        RunLockedError,
+        RecordsFileError,
+        IncompleteRunError,
+        TeacherDoesNotSampleError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TeacherUnavailableError as error:

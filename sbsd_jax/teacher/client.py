@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 API_KEY_ENV = "OPENAI_API_KEY"
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 
 # Statuses worth retrying: the same request can succeed later.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -148,6 +149,16 @@ class ClientConfig:
     # Some servers ignore or cap `n`; the client asks again for the missing samples, at most
     # this many extra requests per call.
     max_top_up_requests: int = 8
+    # The length limit's field: "max_tokens" (what most servers read) or
+    # "max_completion_tokens" (what OpenAI's newer chat models require instead).
+    max_tokens_field: str = "max_tokens"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens_field not in MAX_TOKENS_FIELDS:
+            raise ValueError(
+                f"max_tokens_field must be one of {', '.join(MAX_TOKENS_FIELDS)}, "
+                f"got {self.max_tokens_field!r}"
+            )
 
     def resolved_api_key(self) -> str | None:
         return self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV) or None
@@ -182,6 +193,9 @@ class CompletionResult:
     attempts: int  # HTTP attempts in total (retries included)
     served_model: str | None
     latency_s: float
+    # Requests answered with fewer choices than their `n` (a server that ignores `n`; the
+    # missing samples then come from further requests).
+    short_responses: int = 0
 
 
 ChatMessage = dict[str, str]
@@ -221,7 +235,7 @@ class OpenAICompatibleClient:
         texts: list[str] = []
         finish: list[str | None] = []
         usage = Usage()
-        requests = attempts = 0
+        requests = attempts = short_responses = 0
         served_model = None
         while len(texts) < params.n:
             if requests > self.config.max_top_up_requests:
@@ -237,6 +251,7 @@ class OpenAICompatibleClient:
             attempts += used_attempts
             requests += 1
             choices = _choices(response, self.url, self.config.chat)
+            short_responses += len(choices) < missing
             for text, reason in choices[:missing]:
                 texts.append(text)
                 finish.append(reason)
@@ -250,6 +265,7 @@ class OpenAICompatibleClient:
             attempts=attempts,
             served_model=served_model if isinstance(served_model, str) else None,
             latency_s=time.monotonic() - start,
+            short_responses=short_responses,
         )
 
     # ------------------------------------------------------------------ internals
@@ -260,7 +276,7 @@ class OpenAICompatibleClient:
         body: dict[str, Any] = {
             "model": self.config.model,
             "temperature": params.temperature,
-            "max_tokens": params.max_tokens,
+            self.config.max_tokens_field: params.max_tokens,
             "n": n,
         }
         if params.stop:

@@ -22,6 +22,11 @@ aside. A lock file keeps two generators off the same split.
 
 Parsing uses the data side's `parse_completion` on exactly the text written to the CoT files, so
 the report's rationales and labels are the ones training will read.
+
+Self-consistency (n > 1 at temperature > 0) is only worth its cost from a server that samples;
+some (`transformers serve`) ignore temperature and answer `n` with one choice. `check_sampling`
+asks for the first examples before the run and refuses when all of them come back as copies
+(TeacherDoesNotSampleError) unless allow_non_sampling; the report counts such examples too.
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ class TeacherUnavailableError(RuntimeError):
     """The teacher keeps failing (auth, unknown model, or too many failures in a row)."""
 
 
+class TeacherDoesNotSampleError(RuntimeError):
+    """Self-consistency was asked for (n > 1, temperature > 0) from a server whose samples are
+    copies of one another: the vote would count one completion n times."""
+
+
+SAMPLING_PROBES = 2  # examples asked before the run to check that the server samples
+
+
 class ExampleLike(Protocol):
     """What a run needs from an example (data's RawExample and Example both fit)."""
 
@@ -105,6 +118,7 @@ class GenerationConfig:
     allow_missing: bool = False  # write the layout with "" for examples that have no completion
     base_url: str | None = None  # recorded only (the same model may move to another server)
     progress: bool = True
+    allow_non_sampling: bool = False  # go on (with a warning) when the server does not sample
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -141,6 +155,8 @@ class GenerationReport:
     written_with_rationale: int = 0
     samples_per_example: int = 1
     majority_agreement: float | None = None  # mean share of samples agreeing with the majority
+    identical_samples: int = 0  # n > 1: examples whose samples are all the same text
+    temperature: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
@@ -164,6 +180,13 @@ class GenerationReport:
             lines.append(
                 f"  self-consistency: {self.samples_per_example} samples, "
                 f"{self.majority_agreement:.1%} agree with the majority on average"
+            )
+        if self.samples_per_example > 1 and self.temperature > 0 and self.identical_samples:
+            lines.append(
+                f"  WARNING: {self.identical_samples}/{self.completed} examples got "
+                f"{self.samples_per_example} identical samples at temperature "
+                f"{self.temperature}: the server may ignore temperature, and the vote then "
+                "counts one completion several times"
             )
         if self.filtered_out:
             lines.append(f"  filtered out (teacher label != human label): {self.filtered_out}")
@@ -419,6 +442,8 @@ def generate(
             log(f"resuming: {len(done)}/{len(examples)} examples already have a completion")
         stats = _RunStats()
         interrupted = False
+        if todo:
+            check_sampling(config, prompt_set, backend, [examples[i] for i in todo], log=log)
         try:
             _ask_teacher(config, prompt_set, backend, examples, todo, done, paths, stats)
         except KeyboardInterrupt:
@@ -573,6 +598,7 @@ def _build_report(
         generated_this_run=stats.generated,
         request_failures_this_run=stats.failures,
         samples_per_example=config.sampling.n,
+        temperature=config.sampling.temperature,
     )
     reasons: collections.Counter[str] = collections.Counter()
     agreements = []
@@ -592,6 +618,8 @@ def _build_report(
         report.requests += int(record.get("requests", 0))
         if record.get("agreement") is not None:
             agreements.append(float(record["agreement"]))
+        completions = record.get("raw_completions") or []
+        report.identical_samples += len(completions) > 1 and len(set(completions)) == 1
     report.parse_failures = sum(reasons.values())
     report.parse_failure_reasons = dict(reasons.most_common())
     if report.labelled:
@@ -600,6 +628,48 @@ def _build_report(
         report.majority_agreement = sum(agreements) / len(agreements)
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report
+
+
+def check_sampling(
+    config: GenerationConfig,
+    prompt_set: PromptSet,
+    backend: CompletionBackend,
+    examples: Sequence[ExampleLike],
+    *,
+    log: Callable[[str], None],
+) -> None:
+    """With n > 1 at temperature > 0, asks for the first SAMPLING_PROBES examples and raises
+    TeacherDoesNotSampleError when every one comes back as n identical texts (one can, by
+    chance; all of them means the server ignores temperature). Fewer choices than `n` per
+    request is reported with it. `allow_non_sampling` turns the refusal into a warning."""
+    sampling = config.sampling
+    if sampling.n < 2 or sampling.temperature <= 0 or not examples:
+        return
+    probes = examples[:SAMPLING_PROBES]
+    identical = short = 0
+    for example in probes:
+        try:
+            result = backend.complete(
+                render_prompt(prompt_set, example.input, chat=config.chat), sampling
+            )
+        except (NonRetryableRequestError, RetriesExhaustedError):
+            return  # the run itself reports request failures
+        identical += len(set(result.texts)) == 1
+        short += result.short_responses > 0
+    if identical < len(probes):
+        return
+    problem = (
+        f"the server does not sample: {identical}/{len(probes)} probe examples got "
+        f"{sampling.n} identical samples at temperature {sampling.temperature}"
+        + (f", and it answered with fewer choices than n={sampling.n}" if short else "")
+        + "; self-consistency would vote over copies of one completion"
+    )
+    if not config.allow_non_sampling:
+        raise TeacherDoesNotSampleError(
+            f"{problem}. Serve the teacher with a server that samples (vLLM, SGLang, TGI, "
+            "llama.cpp), use --n_samples=1, or --allow_non_sampling to go on anyway"
+        )
+    log(f"WARNING: {problem} (going on: --allow_non_sampling)")
 
 
 def _kept(config: GenerationConfig, record: dict[str, Any]) -> bool:

@@ -38,6 +38,7 @@ BUILTIN_PROMPT_SETS: dict[str, str] = {
     "anli1": "anli1",
     "gsm8k": "gsm8k",
     "synthetic": "synthetic",
+    "synthetic_world": "synthetic_world",
     "jsonl": "generic",
 }
 NLI_DATASETS = ("esnli", "anli1")

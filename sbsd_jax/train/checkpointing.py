@@ -11,8 +11,12 @@ Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when every
 finished (on object stores it writes `commit_success.txt` instead), so a crash mid-save leaves a
 temporary directory that `latest_step` never returns. Before reading a step its array shapes
 are compared with the target: a checkpoint written for another model or optimizer raises
-`IncompatibleCheckpointError` listing the arrays that differ; a committed step that still cannot
-be read raises `CorruptCheckpointError` naming its directory.
+`IncompatibleCheckpointError` listing the arrays that differ. A committed step any of whose files
+does not read (step metadata, array metadata and sharding, array data, data position, metrics)
+raises `CorruptCheckpointError`, one line naming the step, its directory and the item.
+`restore_latest` then falls back to the newest step that restores: the bad one is moved, whole,
+to `<workdir>/corrupt_checkpoints/` (never deleted; out of the way of the retention policy and
+of the resumed run, which writes that step afresh) and reported in `RestoredCheckpoint.skipped`.
 
 A step saved while its evaluation was cut short (SIGTERM during decoding) carries
 `evaluation_pending` in its Orbax custom metadata; the loop evaluates it after resuming and
@@ -22,8 +26,10 @@ A step saved while its evaluation was cut short (SIGTERM during decoding) carrie
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,19 +39,35 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from sbsd_jax.train.run_storage import absolute_path
+from sbsd_jax.train.state_fingerprint import differing, fingerprints, path_name
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 BEST_METRIC = "valid_accuracy"
 CHECKPOINT_SUBDIR = "checkpoints"
+CORRUPT_SUBDIR = "corrupt_checkpoints"  # next to CHECKPOINT_SUBDIR: steps that did not restore
 
 
 _EVALUATION_PENDING = "evaluation_pending"
+_FINGERPRINTS = "state_fingerprints"
 _MAX_LISTED_MISMATCHES = 8
+_MAX_REASON_CHARS = 240
+_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 
 
 class CorruptCheckpointError(ValueError):
     """A committed checkpoint directory that cannot be restored; the message names it."""
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an Orbax/TensorStore error, without the JSON specs and driver chain
+    that make its messages tens of lines long, cut to a readable length."""
+    text = str(error).split(" [tensorstore_spec", 1)[0].split(" See full TensorStore", 1)[0]
+    text = re.sub(r'Error opening "\w+" driver: ', "", text).strip()
+    line = text.splitlines()[0] if text else ""
+    if len(line) > _MAX_REASON_CHARS:
+        line = line[: _MAX_REASON_CHARS - 3] + "..."
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -61,6 +83,23 @@ class _DropMissingMetricsWarning(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropMissingMetricsWarning())
+
+
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, except that a step whose `metrics` file does not parse is listed
+    without metrics (and reported as corrupt when restored) instead of stopping the manager
+    from opening the directory at all, older good steps included."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.unreadable_metrics: dict[int, str] = {}  # read while the parent initialises
+        super().__init__(*args, **kwargs)
+
+    def _get_metrics(self, step: int) -> Any:
+        try:
+            return super()._get_metrics(step)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.unreadable_metrics[step] = _reason(error)
+            return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +132,20 @@ class RestoredCheckpoint:
     data_state: dict[str, Any]
     metrics: dict[str, float] | None
     evaluation_pending: bool = False
+    skipped: tuple[SkippedCheckpoint, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A newer step `restore_latest` could not read: why, and where its files are now."""
+
+    step: int
+    reason: str  # the CorruptCheckpointError message
+    moved_to: str | None  # None when it could not be moved (it stays where it was)
+
+    def describe(self) -> str:
+        where = f"moved to {self.moved_to}" if self.moved_to else "left in place"
+        return f"Skipped {self.reason}; {where}"
 
 
 def _best_metric(metrics: Mapping[str, Any]) -> float:
@@ -123,16 +176,27 @@ def abstract_like(state: Any) -> Any:
     return jax.tree.map(to_abstract, state)
 
 
-def _path_name(key_path: tuple[Any, ...]) -> str:
-    """'params/encoder/layers/0/...' for a pytree key path of dicts, sequences or attributes."""
-    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in key_path)
-    return "/".join(str(part) for part in parts)
+def _agreed_failure(step: int, error: CorruptCheckpointError | None) -> str | None:
+    """This process's failure to read `step`, or another process's: with several processes
+    each reads its own shards, and all must fall back together (None: all read it)."""
+    if jax.process_count() == 1:
+        return None if error is None else str(error)
+    from jax.experimental import multihost_utils
+
+    failed = multihost_utils.process_allgather(np.asarray(error is not None))
+    if not np.any(failed):
+        return None
+    return (
+        str(error)
+        if error is not None
+        else f"checkpoint step {step}: unreadable on another process"
+    )
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {
-        _path_name(path): tuple(leaf.shape)
+        path_name(path): tuple(leaf.shape)
         for path, leaf in leaves
         if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
     }
@@ -187,7 +251,7 @@ class Checkpointer:
             # Temporary directories of crashed saves are removed when the manager starts.
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(
+        self._manager = _Manager(
             self.directory,
             # Handlers named up front (not only item names) so that a new process can read a
             # step's array metadata before restoring it.
@@ -254,7 +318,10 @@ class Checkpointer:
             args=args,
             metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
             force=True,
-            custom_metadata={_EVALUATION_PENDING: True} if evaluation_pending else None,
+            custom_metadata={
+                _FINGERPRINTS: fingerprints(state),
+                **({_EVALUATION_PENDING: True} if evaluation_pending else {}),
+            },
         )
 
     def replace(
@@ -284,64 +351,170 @@ class Checkpointer:
 
     def evaluation_pending(self, step: int) -> bool:
         """Whether `step` was saved while its evaluation had been interrupted."""
-        custom = self._manager.metadata(step).custom_metadata or {}
-        return bool(custom.get(_EVALUATION_PENDING, False))
+        return bool(self._custom_metadata(step).get(_EVALUATION_PENDING, False))
+
+    def _custom_metadata(self, step: int) -> dict[str, Any]:
+        """The step's custom metadata, read from its step metadata file directly: Orbax's own
+        reader returns defaults for a file that does not parse, and would lose the flag."""
+        path = epath.Path(self.step_directory(step)) / _STEP_METADATA_FILE
+        if not path.exists():  # Orbax writes it with every step (it holds our checksums)
+            raise FileNotFoundError(f"{path} is missing")
+        metadata = json.loads(path.read_text())
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{_STEP_METADATA_FILE} is not a JSON object")
+        return dict(metadata.get("custom_metadata") or {})
+
+    def _read(self, step: int, item: str, read: Any) -> Any:
+        """`read()`, with any failure turned into one line naming the step and the item."""
+        try:
+            return read()
+        except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
+            directory = self.step_directory(step)
+            reason = _reason(error).replace(directory + "/", "")  # its files, named once
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} ({directory}): {item} unreadable: {reason}"
+            ) from error
 
     def restore(self, step: int, abstract_state: Any) -> RestoredCheckpoint:
         """Reads `step` into the shapes, dtypes and shardings of `abstract_state`
-        (a pytree of jax.ShapeDtypeStruct with `.sharding`, e.g. from `jax.eval_shape`)."""
-        path = self.step_directory(step)
+        (a pytree of jax.ShapeDtypeStruct with `.sharding`, e.g. from `jax.eval_shape`).
+
+        Every file of the step is read (a damaged one is a damaged write, even where the
+        arrays would still load); the first that fails raises CorruptCheckpointError."""
         if step not in self._manager.all_steps():
             raise FileNotFoundError(
                 f"no committed checkpoint for step {step} in {self.directory} "
                 f"(committed steps: {self.all_steps()})"
             )
-        try:
-            saved = self._manager.item_metadata(step)[STATE_ITEM]
-        except Exception:  # unreadable metadata: the restore below names the directory
-            saved = None
-        mismatches = shape_mismatches(saved, abstract_state) if saved is not None else []
-        if mismatches:
-            listed = mismatches[:_MAX_LISTED_MISMATCHES]
-            more = len(mismatches) - len(listed)
-            raise IncompatibleCheckpointError(
-                f"checkpoint {path} was written for a different model or optimizer than this "
-                f"run's config ({len(mismatches)} arrays differ):\n    "
-                + "\n    ".join(listed + ([f"... and {more} more"] if more else []))
-                + "\nResume with the config that wrote it (see config.json next to "
-                "checkpoints/), or use a new --workdir."
-            )
-        args = ocp.args.Composite(
-            **{
-                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-                DATA_ITEM: ocp.args.JsonRestore(),
-            }
+        custom = self._read(
+            step, f"step metadata ({_STEP_METADATA_FILE})", lambda: self._custom_metadata(step)
         )
-        try:
-            restored = self._manager.restore(step, args=args)
-        except Exception as error:  # Orbax/TensorStore raise many types for unreadable data.
+        saved = self._read(
+            step,
+            f"{STATE_ITEM!r} metadata ({STATE_ITEM}/_METADATA, _sharding, array_metadatas/)",
+            lambda: self._manager.item_metadata(step)[STATE_ITEM],
+        )
+        self._check_shapes(step, saved, abstract_state)
+        state = self._read_arrays(step, abstract_state)
+        changed = differing(custom.get(_FINGERPRINTS) or {}, fingerprints(state))
+        if changed:
             raise CorruptCheckpointError(
-                f"checkpoint {path} could not be restored ({type(error).__name__}: {error}). "
-                "Delete that directory to resume from the previous checkpoint, or point "
-                "--workdir elsewhere to start afresh."
-            ) from error
-        data_state = restored[DATA_ITEM]
+                f"checkpoint step {step} ({self.step_directory(step)}): {STATE_ITEM!r} arrays "
+                f"({STATE_ITEM}/) differ from what was saved (checksum): {len(changed)} arrays, "
+                + ", ".join(changed[:3])
+                + (", ..." if len(changed) > 3 else "")
+            )
+        data_state = self._read(
+            step,
+            f"{DATA_ITEM!r} iterator position ({DATA_ITEM}/metadata)",
+            lambda: self._restore_item(step, DATA_ITEM, ocp.args.JsonRestore()),
+        )
         if not isinstance(data_state, dict):
             raise CorruptCheckpointError(
-                f"checkpoint {path}: item {DATA_ITEM!r} is not a JSON object: {data_state!r}"
+                f"checkpoint step {step} ({self.step_directory(step)}): {DATA_ITEM!r} iterator "
+                f"position is not a JSON object: {str(data_state)[:80]!r}"
+            )
+        if step in self._manager.unreadable_metrics:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} ({self.step_directory(step)}): metrics (metrics/metrics) "
+                f"unreadable: {self._manager.unreadable_metrics[step]}"
             )
         return RestoredCheckpoint(
             step=step,
-            state=restored[STATE_ITEM],
+            state=state,
             data_state=data_state,
             metrics=self.metrics(step),
-            evaluation_pending=self.evaluation_pending(step),
+            evaluation_pending=bool(custom.get(_EVALUATION_PENDING, False)),
+        )
+
+    def _read_arrays(self, step: int, abstract_state: Any) -> Any:
+        """The state item. Each process reads its own shards, so one may fail alone: they
+        agree first, as the checksums that follow are computed by all of them together."""
+        state = error = None
+        try:
+            state = self._read(
+                step,
+                f"{STATE_ITEM!r} arrays ({STATE_ITEM}/)",
+                lambda: self._restore_item(
+                    step, STATE_ITEM, ocp.args.StandardRestore(abstract_state)
+                ),
+            )
+        except CorruptCheckpointError as caught:
+            error = caught
+        reason = _agreed_failure(step, error)
+        if reason is not None:
+            raise error or CorruptCheckpointError(reason)
+        return state
+
+    def _restore_item(self, step: int, item: str, args: Any) -> Any:
+        return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+
+    def _check_shapes(self, step: int, saved: Any, abstract_state: Any) -> None:
+        mismatches = shape_mismatches(saved, abstract_state) if saved is not None else []
+        if not mismatches:
+            return
+        listed = mismatches[:_MAX_LISTED_MISMATCHES]
+        more = len(mismatches) - len(listed)
+        raise IncompatibleCheckpointError(
+            f"checkpoint {self.step_directory(step)} was written for a different model or "
+            f"optimizer than this run's config ({len(mismatches)} arrays differ):\n    "
+            + "\n    ".join(listed + ([f"... and {more} more"] if more else []))
+            + "\nResume with the config that wrote it (see config.json next to "
+            "checkpoints/), or use a new --workdir."
         )
 
     def restore_latest(self, abstract_state: Any) -> RestoredCheckpoint | None:
-        """The newest committed checkpoint, or None when the directory holds none."""
-        step = self.latest_step()
-        return None if step is None else self.restore(step, abstract_state)
+        """The newest committed checkpoint that restores, None when the directory holds none.
+
+        Newer steps that do not restore are then moved to `corrupt_checkpoints/` and listed
+        in `skipped`. When none restores, CorruptCheckpointError lists them all and nothing is
+        moved. (A checkpoint of another model, IncompatibleCheckpointError, is not skipped:
+        every step would be.)"""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            error = None
+            try:
+                restored = self.restore(step, abstract_state)
+            except CorruptCheckpointError as caught:
+                error = caught
+            reason = _agreed_failure(step, error)  # every process resumes from the same step
+            if reason is None:
+                skipped = tuple(
+                    SkippedCheckpoint(bad, why, self._set_aside(bad)) for bad, why in failures
+                )
+                return dataclasses.replace(restored, skipped=skipped)
+            failures.append((step, reason))
+        if failures:
+            raise CorruptCheckpointError(
+                f"no checkpoint in {self.directory} restores:\n  "
+                + "\n  ".join(why for _, why in failures)
+                + "\nMove them away to start afresh, or point --workdir elsewhere."
+            )
+        return None
+
+    def _set_aside(self, step: int) -> str | None:
+        """Moves a step that does not restore out of the manager's directory, whole, so that
+        neither the retention policy nor the resumed run's save of that step touches it."""
+        source = epath.Path(self.step_directory(step))
+        aside = epath.Path(self.directory).parent / CORRUPT_SUBDIR
+        target = aside / str(step)
+        suffix = 1
+        while target.exists():
+            target, suffix = aside / f"{step}-{suffix}", suffix + 1
+        moved: str | None = str(target)
+        if jax.process_index() == 0:
+            try:
+                aside.mkdir(parents=True, exist_ok=True)
+                source.rename(target)
+            except OSError as error:
+                logging.warning("could not move %s to %s: %s", source, target, error)
+                moved = None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"sbsd_set_aside_checkpoint_{step}")
+        self._manager.reload()
+        return moved if step not in self._manager.all_steps() else None
 
     def wait_until_finished(self) -> None:
         """Blocks until pending asynchronous writes are committed."""
@@ -370,4 +543,4 @@ def read_state_arrays(step_directory: str | os.PathLike[str]) -> dict[str, np.nd
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
         tree = reader.restore(path, args=ocp.args.StandardRestore(fallback_sharding=local))
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_name(key_path): np.asarray(leaf) for key_path, leaf in flat}
+    return {path_name(key_path): np.asarray(leaf) for key_path, leaf in flat}

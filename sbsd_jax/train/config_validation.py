@@ -9,14 +9,20 @@ so a run fails in its first second instead of after compiling for minutes.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
 from sbsd_jax.data.examples import KNOWN_DATASETS, SOURCE_KINDS
 from sbsd_jax.model.config import HUB_CHECKPOINTS, MODEL_NAMES, REMAT_POLICIES, get_model_config
 from sbsd_jax.train.loss import METHODS
-from sbsd_jax.train.mesh import MeshShapeError, resolve_mesh_shape
+from sbsd_jax.train.mesh import (
+    ENV_COORDINATOR,
+    ENV_NUM_PROCESSES,
+    ENV_PROCESS_ID,
+    MeshShapeError,
+    resolve_mesh_shape,
+)
 from sbsd_jax.train.optimizer import LR_SCHEDULES, OPTIMIZERS
 from sbsd_jax.train.partitioning import MESH_AXES
 from sbsd_jax.train.run_storage import is_url
@@ -160,78 +166,150 @@ def _rules_problems(rules: object) -> list[str]:
     return problems
 
 
-def validate(
-    config: ml_collections.ConfigDict,
-    num_devices: int,
-    num_processes: int = 1,
-    *,
-    check_data: bool = True,
-) -> None:
-    """Raises ConfigError listing everything wrong with `config` for `num_devices` devices.
+# Optional fields (configs built before them lack them) and the values they accept.
+_RANGES: tuple[tuple[str, float, float, bool], ...] = (
+    # field, low, high, whether high itself is allowed
+    ("eval_max_examples", 0, float("inf"), True),
+    ("end_learning_rate_fraction", 0.0, 1.0, True),
+    ("adam_b1", 0.0, 1.0, False),
+    ("adam_b2", 0.0, 1.0, False),
+)
 
-    check_data: also check data_dir, the vocabulary and the evaluation/export settings (off for
-    the ahead-of-time compile, which reads no data)."""
-    problems: list[str] = []
 
-    for field, allowed in (
-        ("method", METHODS),
-        ("optimizer", OPTIMIZERS),
-        ("lr_schedule", LR_SCHEDULES),
-        ("dataset", KNOWN_DATASETS),
-        ("data_source", SOURCE_KINDS),
-        ("label_type", LABEL_TYPES),
-        ("compute_dtype", COMPUTE_DTYPES),
-        ("param_dtype", PARAM_DTYPES),
-        ("remat_policy", REMAT_POLICIES),
-        ("export_which", EXPORT_WHICH),
-        ("rng_impl", RNG_IMPLS),
-    ):
-        problem = _one_of(config, field, allowed)
-        if problem:
-            problems.append(problem)
+def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
+    problems = []
+    for field, low, high, high_allowed in _RANGES:
+        value = config.get(field)
+        if value is None:
+            continue
+        inside = low <= value <= high if high_allowed else low <= value < high
+        if not inside and high == float("inf"):
+            problems.append(f"config.{field}={value!r}: must be >= {low:g}")
+        elif not inside:
+            bracket = "]" if high_allowed else ")"
+            problems.append(f"config.{field}={value!r}: must be in [{low:g}, {high:g}{bracket}")
+    eps = config.get("adam_eps")
+    if eps is not None and eps <= 0:
+        problems.append(f"config.adam_eps={eps!r}: must be > 0")
+    return problems
 
-    if config.model not in MODEL_NAMES:
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mesh_field_problems(mesh: Mapping[str, object]) -> list[str]:
+    """The mesh sizes themselves (whole numbers, -1 = fill at most once), without devices."""
+    problems = []
+    sizes = {name: mesh.get(name, 1) for name in (*MESH_AXES, "dcn_data")}
+    for name, size in sizes.items():
+        if not _is_int(size):
+            problems.append(f"config.mesh.{name}={size!r}: must be a whole number")
+        elif size == 0 or size < -1 or (name == "dcn_data" and size < 1):
+            allowed = ">= 1" if name == "dcn_data" else ">= 1, or -1 to fill the remaining devices"
+            problems.append(f"config.mesh.{name}={size}: must be {allowed}")
+    fill = [name for name in MESH_AXES if sizes[name] == -1]
+    if len(fill) > 1:
         problems.append(
-            f"config.model={config.model!r}: unknown model; choose one of {', '.join(MODEL_NAMES)}"
+            "only one of config.mesh.data/fsdp/tensor may be -1 (fill); got "
+            + ", ".join(f"{name}={sizes[name]}" for name in MESH_AXES)
         )
-    else:
-        try:
-            model_config = get_model_config(config.model, **model_overrides(config))
-        except (ValueError, TypeError) as error:
-            problems.append(f"config.model_overrides: {error}")
-        else:
-            if check_data:
-                problems += _vocabulary_problems(config, model_config.vocab_size)
+    return problems
 
-    mode = config.get("distributed", {}).get("mode", "auto")
+
+def _distributed_problems(dist: Mapping[str, object]) -> list[str]:
+    """config.distributed and the SBSD_* variables, as maybe_initialize_distributed reads them."""
+    problems = []
+    mode = dist.get("mode", "auto") or "auto"
     if mode not in ("auto", "on", "off"):
         problems.append(f"config.distributed.mode={mode!r}: unknown; choose one of auto, on, off")
+    for name, minimum in (("num_processes", 0), ("process_id", -1)):
+        value = dist.get(name, minimum)
+        if not _is_int(value) or value < minimum:
+            problems.append(
+                f"config.distributed.{name}={value!r}: must be a whole number >= {minimum}"
+            )
+    env = {}
+    for variable in (ENV_NUM_PROCESSES, ENV_PROCESS_ID):
+        text = os.environ.get(variable, "")
+        try:
+            env[variable] = int(text) if text else None
+        except ValueError:
+            problems.append(f"environment variable {variable}={text!r}: must be a whole number")
+    coordinator = dist.get("coordinator_address") or os.environ.get(ENV_COORDINATOR, "")
+    if coordinator and mode != "off" and not problems:
+        num_processes = dist.get("num_processes") or env[ENV_NUM_PROCESSES] or 0
+        process_id = dist.get("process_id", -1)
+        if process_id < 0 and env[ENV_PROCESS_ID] is not None:
+            process_id = env[ENV_PROCESS_ID]
+        if num_processes < 1 or process_id < 0:
+            problems.append(
+                f"a coordinator address ({coordinator}) needs the number of processes and this "
+                f"process's id: set config.distributed.num_processes/process_id or "
+                f"{ENV_NUM_PROCESSES}/{ENV_PROCESS_ID}"
+            )
+        elif process_id >= num_processes:
+            problems.append(
+                f"process id {process_id} is not below the number of processes {num_processes} "
+                f"(config.distributed.process_id / {ENV_PROCESS_ID})"
+            )
+    return problems
 
+
+_CHOICES: tuple[tuple[str, Sequence[str]], ...] = (
+    ("method", METHODS),
+    ("optimizer", OPTIMIZERS),
+    ("lr_schedule", LR_SCHEDULES),
+    ("dataset", KNOWN_DATASETS),
+    ("data_source", SOURCE_KINDS),
+    ("label_type", LABEL_TYPES),
+    ("compute_dtype", COMPUTE_DTYPES),
+    ("param_dtype", PARAM_DTYPES),
+    ("remat_policy", REMAT_POLICIES),
+    ("export_which", EXPORT_WHICH),
+    ("rng_impl", RNG_IMPLS),
+)
+_POSITIVE: tuple[str, ...] = (
+    "batch_size",
+    "max_input_length",
+    "max_target_length",
+    "learning_rate",
+    "num_train_steps",
+    "grad_accum_steps",
+    "eval_every",
+    "eval_batch_size",
+    "eval_max_decode_length",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+
+
+def _model_problems(config: ml_collections.ConfigDict, check_data: bool) -> list[str]:
+    """The model name, its overrides, and (check_data) a vocabulary that fits its embedding."""
+    if config.model not in MODEL_NAMES:
+        return [
+            f"config.model={config.model!r}: unknown model; choose one of {', '.join(MODEL_NAMES)}"
+        ]
+    try:
+        model_config = get_model_config(config.model, **model_overrides(config))
+    except (ValueError, TypeError) as error:
+        return [f"config.model_overrides: {error}"]
+    return _vocabulary_problems(config, model_config.vocab_size) if check_data else []
+
+
+def _number_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """alpha, sizes, counts, rates and the optimizer's constants."""
+    problems = []
     alpha = config.alpha
     if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
         problems.append(f"config.alpha={alpha!r}: must be in [0, 1] (weight of the label loss)")
-
-    problems += _positive(
-        config,
-        (
-            "batch_size",
-            "max_input_length",
-            "max_target_length",
-            "learning_rate",
-            "num_train_steps",
-            "grad_accum_steps",
-            "eval_every",
-            "eval_batch_size",
-            "eval_max_decode_length",
-            "log_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ),
-    )
+    problems += _positive(config, _POSITIVE)
     for field in ("warmup_steps", "weight_decay", "grad_clip_norm"):
         value = config.get(field)
         if not isinstance(value, int | float) or value < 0:
             problems.append(f"config.{field}={value!r}: must be >= 0")
+    problems += _range_problems(config)
     if (
         config.lr_schedule in ("linear", "linear_warmup_cosine")
         and isinstance(config.warmup_steps, int)
@@ -243,47 +321,89 @@ def validate(
         )
     if not 0.0 < float(config.train_fraction) <= 1.0:
         problems.append(f"config.train_fraction={config.train_fraction!r}: must be in (0, 1]")
-    if check_data:
-        problems += _data_problems(config)
-    problems += _rules_problems(config.get("logical_axis_rules"))
+    return problems
 
+
+def _device_problems(
+    config: ml_collections.ConfigDict, num_devices: int | None, num_processes: int
+) -> list[str]:
+    """Mesh field values always; mesh sizes and batch splits once the devices are known."""
+    problems = _mesh_field_problems(config.get("mesh") or {})
+    if num_devices is None or problems:
+        return problems
     try:
         data, fsdp, tensor = resolve_mesh_shape(config.mesh, num_devices)
     except MeshShapeError as error:
-        problems.append(str(error))
-    else:
-        total = data * fsdp * tensor
-        if total < num_devices and num_processes > 1:
-            problems.append(
-                f"config.mesh uses {total} of {num_devices} devices; a multi-process run must use "
-                f"all of them (set one mesh axis to -1)"
-            )
-        data_parallel = data * fsdp
-        accum = config.grad_accum_steps
-        batch = config.batch_size
-        if isinstance(batch, int) and isinstance(accum, int) and batch > 0 and accum > 0:
-            if batch % accum:
-                problems.append(
-                    f"config.grad_accum_steps={accum}: must divide config.batch_size={batch}"
-                )
-            elif (batch // accum) % data_parallel:
-                needed = accum * data_parallel
-                problems.append(
-                    f"config.batch_size={batch}: each of the {accum} micro-batch(es) "
-                    f"({batch // accum} examples) must split evenly over the data-parallel size "
-                    f"data*fsdp = {data}*{fsdp} = {data_parallel}; use a batch size that is a "
-                    f"multiple of {needed}, or change config.mesh / config.grad_accum_steps"
-                )
-            # No check against the process count: each process loads the rows its devices hold
-            # (partitioning.process_batch_rows), processes sharing batch shards (a 'tensor'
-            # axis across processes) load the same rows, so the rows need only split over the
-            # data*fsdp shards, checked above.
-        eval_batch = config.eval_batch_size
-        if isinstance(eval_batch, int) and eval_batch > 0 and eval_batch % data_parallel:
-            problems.append(
-                f"config.eval_batch_size={eval_batch}: must be a multiple of the data-parallel "
-                f"size data*fsdp = {data_parallel}"
-            )
+        return [str(error)]
+    return _batch_split_problems(config, data, fsdp, tensor, num_devices, num_processes)
 
+
+def validate(
+    config: ml_collections.ConfigDict,
+    num_devices: int | None,
+    num_processes: int = 1,
+    *,
+    check_data: bool = True,
+) -> None:
+    """Raises ConfigError listing everything wrong with `config` for `num_devices` devices.
+
+    num_devices=None: every check that needs no devices (all config groups, mesh field values
+    included), for the start of a run, before distributed initialisation or any other side
+    effect; call again with the device count for the mesh-size and batch-split checks.
+    check_data: also check data_dir, the vocabulary and the evaluation/export settings (off for
+    the ahead-of-time compile, which reads no data)."""
+    problems = [p for field, allowed in _CHOICES if (p := _one_of(config, field, allowed))]
+    problems += _model_problems(config, check_data)
+    problems += _distributed_problems(config.get("distributed") or {})
+    problems += _number_problems(config)
+    if check_data:
+        problems += _data_problems(config)
+    problems += _rules_problems(config.get("logical_axis_rules"))
+    problems += _device_problems(config, num_devices, num_processes)
     if problems:
         raise ConfigError(problems)
+
+
+def _batch_split_problems(
+    config: ml_collections.ConfigDict,
+    data: int,
+    fsdp: int,
+    tensor: int,
+    num_devices: int,
+    num_processes: int,
+) -> list[str]:
+    """The mesh uses the devices a multi-process run has, and batches split over it."""
+    problems = []
+    total = data * fsdp * tensor
+    if total < num_devices and num_processes > 1:
+        problems.append(
+            f"config.mesh uses {total} of {num_devices} devices; a multi-process run must use "
+            f"all of them (set one mesh axis to -1)"
+        )
+    data_parallel = data * fsdp
+    accum = config.grad_accum_steps
+    batch = config.batch_size
+    if isinstance(batch, int) and isinstance(accum, int) and batch > 0 and accum > 0:
+        if batch % accum:
+            problems.append(
+                f"config.grad_accum_steps={accum}: must divide config.batch_size={batch}"
+            )
+        elif (batch // accum) % data_parallel:
+            needed = accum * data_parallel
+            problems.append(
+                f"config.batch_size={batch}: each of the {accum} micro-batch(es) "
+                f"({batch // accum} examples) must split evenly over the data-parallel size "
+                f"data*fsdp = {data}*{fsdp} = {data_parallel}; use a batch size that is a "
+                f"multiple of {needed}, or change config.mesh / config.grad_accum_steps"
+            )
+        # No check against the process count: each process loads the rows its devices hold
+        # (partitioning.process_batch_rows), processes sharing batch shards (a 'tensor'
+        # axis across processes) load the same rows, so the rows need only split over the
+        # data*fsdp shards, checked above.
+    eval_batch = config.eval_batch_size
+    if isinstance(eval_batch, int) and eval_batch > 0 and eval_batch % data_parallel:
+        problems.append(
+            f"config.eval_batch_size={eval_batch}: must be a multiple of the data-parallel "
+            f"size data*fsdp = {data_parallel}"
+        )
+    return problems

@@ -2,9 +2,11 @@
 
     train_and_evaluate(config, workdir)
 
-1. Validate the config, join the other processes (multi-host), build the mesh and the
-   compiled train program (sharded init + jitted step, from sbsd_jax.train.step).
-2. Load and tokenise the data; the training iterator is deterministic and resumable.
+1. Validate the config (every group before any side effect, the mesh again once the devices
+   are known), join the other processes (multi-host), load and tokenise the data; only then
+   create the workdir, so bad flags or data files leave nothing behind.
+2. Build the mesh and the compiled train program (sharded init + jitted step, from
+   sbsd_jax.train.step); the training iterator is deterministic and resumable.
 3. Resume from the newest committed checkpoint in <workdir>/checkpoints (state restored straight
    into its shardings, data iterator moved to the saved position), else start from
    config.init_checkpoint (a Hugging Face T5) or from scratch.
@@ -15,7 +17,8 @@
    evaluation (that step is saved as evaluation-pending and evaluated first on resume).
 5. At the end: evaluate every eval split (config.eval_splits, valid and test by default) on
    all its examples, checkpoint, optionally export the best or
-   final student as a Hugging Face folder, and say where everything is.
+   final student as a Hugging Face folder, write <workdir>/DONE (what a launcher watching the
+   run looks for), and say where everything is.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ from sbsd_jax.train.run_storage import absolute_path
 __all__ = ["ConfigError", "RunSummary", "train_and_evaluate"]
 
 VALID_SPLIT = "valid"
+# Written into the workdir when a run has trained every step and evaluated (see _mark_finished).
+FINISHED_MARKER = "DONE"
 # Metrics averaged over a log interval; the others are reported at the interval's last step.
 _LAST_VALUE_METRICS = frozenset({"learning_rate"})
 
@@ -112,6 +117,7 @@ class RunSummary:
     best_valid_accuracy: float | None
     exported_to: str | None = None
     exported_step: int | None = None
+    report_lines: tuple[str, ...] = ()  # efficiency and reasoning (sbsd_jax.eval.run_reports)
 
     def describe(self) -> str:
         lines = []
@@ -139,6 +145,7 @@ class RunSummary:
         lines.append(f"  predictions: {self.paths.predictions}")
         if self.exported_to:
             lines.append(f"  Hugging Face export: {self.exported_to} (step {self.exported_step})")
+        lines.extend(self.report_lines)
         return "\n".join(lines)
 
 
@@ -162,6 +169,20 @@ def _to_host(array: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def _bound_steps_in_flight(
+    in_flight: list[jax.Array], metrics: Mapping[str, jax.Array], step: int, watcher: Any
+) -> None:
+    """Step `step` was just dispatched: wait for step - 1 to finish, so that at most two steps
+    are ever queued on the devices. The host would otherwise run ahead until the next metrics
+    fetch (log_every steps), and a SIGTERM would be acted on, and the save wait for, that many
+    steps late. Waiting for the step before the last keeps the next batch's preparation and
+    dispatch overlapped with the running step."""
+    in_flight.append(jax.tree.leaves(metrics)[0])
+    if len(in_flight) > 1:
+        jax.block_until_ready(in_flight.pop(0))
+        watcher.note_completed(step - 1)
 
 
 def _make_generate(program: Any, params: Any):
@@ -356,6 +377,28 @@ def config_changes(previous_json: str | None, config: ml_collections.ConfigDict)
     ]
 
 
+def _mark_finished(summary: RunSummary) -> None:
+    """<workdir>/DONE (JSON: final step, best and exported step), written last: what tells a
+    launcher that watches the run (sbsd_jax.cloud watch) that there is nothing left to do."""
+    if jax.process_index() == 0:
+        record = {
+            "final_step": summary.final_step,
+            "num_train_steps": summary.num_train_steps,
+            "best_step": summary.best_step,
+            "exported_to": summary.exported_to,
+            "exported_step": summary.exported_step,
+        }
+        marker = epath.Path(summary.paths.workdir) / FINISHED_MARKER
+        marker.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _clear_finished_marker(paths: RunPaths) -> None:
+    """A run that starts again (say with more steps) is not finished until it ends."""
+    marker = epath.Path(paths.workdir) / FINISHED_MARKER
+    if jax.process_index() == 0 and marker.exists():
+        marker.unlink()
+
+
 def _read_text(path: str) -> str | None:
     """The file's text (a local path or a URL), None when it does not exist."""
     try:
@@ -372,8 +415,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunSu
     """Trains config.num_train_steps steps (resuming from workdir), evaluates, exports."""
     with contextlib.ExitStack() as cleanup:
         # First thing: a SIGTERM during start-up (data, compilation) must not kill the run.
-        # Hosts compare their flags at log intervals (a collective); one host needs none.
-        watcher = cleanup.enter_context(PreemptionWatcher(sync_every=int(config.log_every)))
+        # Hosts compare their flags every step (a small collective; none on one host), so the
+        # stop lands within two steps of the signal on every host.
+        watcher = cleanup.enter_context(PreemptionWatcher(sync_every=1))
         return _train_and_evaluate(config, workdir, watcher, cleanup)
 
 
@@ -383,22 +427,24 @@ def _train_and_evaluate(
     watcher: PreemptionWatcher,
     cleanup: contextlib.ExitStack,
 ) -> RunSummary:
+    # 1. Config (every group, before any side effect), processes, data, then the workdir: bad
+    # flags or bad data files stop the run before anything is written or compiled.
+    config_validation.validate(config, None)  # first: answers before TensorFlow is imported
     from sbsd_jax.data import pipeline
     from sbsd_jax.train.partitioning import host_local_to_global
     from sbsd_jax.train.step import build_train_program
 
-    # 1. Config, processes, mesh, compiled program.
     mesh_lib.maybe_initialize_distributed(config)
     config_validation.validate(config, jax.device_count(), jax.process_count())
-    paths = RunPaths.of(workdir)
-    epath.Path(paths.workdir).mkdir(parents=True, exist_ok=True)
-    mesh = mesh_lib.make_mesh(config)
-    program = build_train_program(config, mesh)
-
-    # 2. Data.
     prepared = pipeline.prepare_data(config)
     if prepared.report is not None and jax.process_index() == 0:
         print(prepared.report.format(), flush=True)
+    paths = RunPaths.of(workdir)
+    epath.Path(paths.workdir).mkdir(parents=True, exist_ok=True)
+
+    # 2. Mesh, compiled program, this process's data iterator.
+    mesh = mesh_lib.make_mesh(config)
+    program = build_train_program(config, mesh)
     # This process loads the batch rows its devices hold (shared when 'tensor' spans hosts).
     train_iterator = pipeline.make_train_iterator(
         config, prepared=prepared, batch_sharding=program.batch_sharding
@@ -432,8 +478,12 @@ def _train_and_evaluate(
     else:
         state = _initial_state(program, config)
     _write_config(config, paths.config)  # only now: a refused resume keeps the old record
+    _clear_finished_marker(paths)
     start_step = int(jax.device_get(state.step))
     total_steps = int(config.num_train_steps)
+    if restored is not None and jax.process_index() == 0:
+        for skipped in restored.skipped:  # a newer checkpoint that does not restore
+            print(skipped.describe())
     if start_step > 0 and jax.process_index() == 0:
         print(f"Resuming from step {start_step} ({checkpointer.step_directory(start_step)})")
         for change in changes:
@@ -474,13 +524,21 @@ def _train_and_evaluate(
                 train_iterator.get_state(),
                 metrics=_checkpoint_metrics(last_results, config),
             )
+    watcher.note_completed(step)
+    in_flight: list[jax.Array] = []  # one small output of each dispatched, unfinished step
     started = time.perf_counter()
     while step < total_steps and not preempted:
         batch = host_local_to_global(next(train_iterator), mesh, program.batch_sharding)
         state, metrics = program.train_step(state, batch)
+        _bound_steps_in_flight(in_flight, metrics, step + 1, watcher)
         step += 1
         window.append(metrics)  # stays on the device until the next log step
         is_last = step == total_steps
+        if step == start_step + 1 and step % int(config.log_every) and not is_last:
+            # The first call compiled the step: say so now, not log_every steps later.
+            progress.message(
+                f"training from step {start_step}; progress every {config.log_every} steps"
+            )
 
         if step % int(config.log_every) == 0 or is_last:
             values = _host_metrics(window)
@@ -509,7 +567,9 @@ def _train_and_evaluate(
             )
         if evaluation_interrupted or (stop and not is_last):
             preempted = True
-            progress.message(f"SIGTERM: checkpointed step {step}, exiting")
+            progress.message(
+                f"SIGTERM after step {watcher.signal_step}: checkpointed step {step}, exiting"
+            )
             break
     train_seconds = time.perf_counter() - started
 
@@ -518,12 +578,26 @@ def _train_and_evaluate(
     exported_to = exported_step = None
     if config.export_hf_dir and not preempted:
         exported_to, exported_step = _export(program, config, checkpointer, state)
+    report_lines: list[str] = []
+    if not preempted:
+        from sbsd_jax.eval.run_reports import for_training_run
+
+        report_lines = for_training_run(
+            config,
+            program,
+            state.params,
+            prepared.splits,
+            codec,
+            last_results,
+            _make_generate(program, state.params),
+            paths.workdir,
+        )
     best = checkpointer.best_step()
     best_metrics = checkpointer.metrics(best) if best is not None else None
     eval_metrics: dict[str, float] = {}
     for result in last_results.values():
         eval_metrics.update(result.metrics())
-    return RunSummary(
+    summary = RunSummary(
         paths=paths,
         start_step=start_step,
         final_step=step,
@@ -535,7 +609,11 @@ def _train_and_evaluate(
         best_valid_accuracy=(best_metrics or {}).get("valid_accuracy"),
         exported_to=exported_to,
         exported_step=exported_step,
+        report_lines=tuple(report_lines),
     )
+    if not preempted:
+        _mark_finished(summary)
+    return summary
 
 
 def summary_json(summary: RunSummary) -> str:

@@ -2,10 +2,11 @@
 
 The signal handler only sets a flag; the train loop asks `should_stop(step)` after each step
 (and `should_stop_now()` between evaluation batches), saves a checkpoint at that step and exits
-with status 0. On several hosts every process must
-stop at the same step (the save is a collective), so the decision is shared: JAX's preemption
-sync point (the coordination service sees the notice on any host) or, failing that, a
-cross-host max of the local flags.
+with status 0. The loop keeps at most two steps in flight on the devices (it tells the watcher
+each step that has completed), so the stop lands within two steps of the signal. On several
+hosts every process must stop at the same step (the save is a collective), so the decision is
+shared: JAX's preemption sync point (the coordination service sees the notice on any host) or,
+failing that, a cross-host max of the local flags every `sync_every` steps.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class PreemptionWatcher:
     """Turns SIGTERM into a flag; restores the previous handler on `close()`.
 
     sync_every: with several processes, how often (in steps) the hosts compare flags when
-      JAX's preemption sync point is unavailable; 1 keeps them in lockstep at a small cost.
+      JAX's preemption sync point is unavailable; 1 (the loop's choice) keeps the stop within
+      two steps of the signal, at one small all-gather per step.
     """
 
     def __init__(self, *, sync_every: int = 1) -> None:
@@ -31,6 +33,18 @@ class PreemptionWatcher:
         self._requested = threading.Event()
         self._previous: Any = None
         self._installed = False
+        self._completed_step = 0
+        self._signal_step: int | None = None
+
+    def note_completed(self, step: int) -> None:
+        """The train loop's word that `step` has finished on the devices."""
+        self._completed_step = step
+
+    @property
+    def signal_step(self) -> int | None:
+        """The last step known to have completed when the stop was first requested (a lower
+        bound of the device's progress then); None while no stop was requested."""
+        return self._signal_step
 
     def install(self) -> PreemptionWatcher:
         # Signal handlers can only be set from the main thread (tests may run elsewhere).
@@ -41,10 +55,12 @@ class PreemptionWatcher:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         del signum, frame
-        self._requested.set()
+        self.request_stop()
 
     def request_stop(self) -> None:
         """What the handler does; also lets tests and callers ask for a clean stop."""
+        if self._signal_step is None:
+            self._signal_step = self._completed_step
         self._requested.set()
 
     @property

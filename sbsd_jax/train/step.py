@@ -31,9 +31,9 @@ from jax.sharding import Mesh, NamedSharding
 from sbsd_jax.model import sharding as model_sharding
 from sbsd_jax.model.config import T5Config, get_model_config
 from sbsd_jax.model.t5 import T5
+from sbsd_jax.train import compute_dtype, partitioning
 from sbsd_jax.train import loss as loss_lib
 from sbsd_jax.train import optimizer as optimizer_lib
-from sbsd_jax.train import partitioning
 from sbsd_jax.train.train_state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -53,16 +53,14 @@ MODEL_INPUT_KEYS: tuple[str, ...] = (
     "decoder_task_ids",
 )
 
-ACCELERATOR_PLATFORMS: tuple[str, ...] = ("tpu", "gpu", "cuda", "rocm")
-
 
 def resolve_compute_dtype(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
-    """'auto' -> bfloat16 on TPU/GPU, float32 on CPU (`platform` defaults to JAX's backend)."""
+    """'auto' -> bfloat16 on TPU/GPU and on CPUs where it measured faster, else float32
+    (compute_dtype.py; `platform` defaults to JAX's backend). Explicit values stay."""
     dtype = config.compute_dtype
     if dtype != "auto":
         return dtype
-    platform = platform or jax.default_backend()
-    return "bfloat16" if platform in ACCELERATOR_PLATFORMS else "float32"
+    return compute_dtype.auto_compute_dtype(platform or jax.default_backend())
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -1,0 +1,165 @@
+"""Training and evaluating the demo's students: every (fraction, seed) of one method at once.
+
+The data is tokenised once per method (the SeqIO tasks of the trainer); each student's training
+set is the subset `subsample_indices(train, fraction, seed)` of it (the same selection
+`config.train_fraction` makes in sbsd_jax.main), batched by the trainer's own iterator, and
+all students take their steps together in one vmapped program (sbsd_jax.train.ensemble).
+Evaluation is the trainer's: greedy decoding of the label task, exact match, one predictions
+file per split; each student gets a run directory that the report builder reads like any run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sbsd_jax.data.examples import Example
+from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
+from sbsd_jax.data.pipeline import PreparedData, make_train_iterator, prepare_data
+from sbsd_jax.data.subsample import subsample_indices
+from sbsd_jax.eval.evaluator import EvalSettings, TextCodec, evaluate
+from sbsd_jax.eval.predictions import predictions_path, write_predictions
+from sbsd_jax.model.decode import greedy_decode
+from sbsd_jax.train.ensemble import (
+    EnsembleProgram,
+    build_ensemble_program,
+    member_params,
+    stack_batches,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedMembers:
+    """The students of one method after training (state leaves have a leading student axis)."""
+
+    program: EnsembleProgram
+    state: Any
+    prepared: PreparedData
+    steps: int
+    compile_seconds: float
+    train_seconds: float
+    examples_per_step: int
+    final_losses: Mapping[str, np.ndarray]  # per student, last step
+
+
+def member_train_set(prepared: PreparedData, config: ml_collections.ConfigDict) -> PreparedData:
+    """`prepared` restricted to the student's subset of the training split."""
+    kept = subsample_indices(
+        len(prepared.splits["train"]), float(config.train_fraction), int(config.subsample_seed)
+    )
+    indices = np.intersect1d(prepared.train_set.example_indices, kept)
+    return dataclasses.replace(
+        prepared, train_set=dataclasses.replace(prepared.train_set, example_indices=indices)
+    )
+
+
+def train_members(
+    configs: Sequence[ml_collections.ConfigDict], splits: Mapping[str, Sequence[Example]]
+) -> TrainedMembers:
+    """Trains one student per config (same method and shapes, own seed and subset)."""
+    base = configs[0]
+    prepared = prepare_data(base, splits=splits)
+    iterators = [
+        make_train_iterator(
+            config, prepared=member_train_set(prepared, config), process_index=0, process_count=1
+        )
+        for config in configs
+    ]
+    program = build_ensemble_program(base, len(configs))
+    seeds = jnp.asarray([int(config.seed) for config in configs], jnp.int32)
+    state = program.init_fn(seeds)
+    steps = int(base.num_train_steps)
+    started = time.perf_counter()
+    compile_seconds = 0.0
+    metrics: dict[str, jax.Array] = {}
+    for step in range(steps):
+        batch = stack_batches([next(iterator) for iterator in iterators])
+        state, metrics = program.train_step(state, seeds, batch)
+        if step == 0:
+            jax.block_until_ready(metrics)
+            compile_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+    jax.block_until_ready(state)
+    return TrainedMembers(
+        program=program,
+        state=state,
+        prepared=prepared,
+        steps=steps,
+        compile_seconds=compile_seconds,
+        train_seconds=time.perf_counter() - started,
+        examples_per_step=int(base.batch_size),
+        final_losses={k: np.asarray(v) for k, v in jax.device_get(metrics).items()},
+    )
+
+
+def _codec(vocabulary: Any, method: str) -> TextCodec:
+    label_task = TASK_KINDS[METHOD_EVAL_TASK[method]]
+    return TextCodec(
+        encode=lambda text: vocabulary.encode(text),
+        decode=lambda ids: vocabulary.decode(list(ids)),
+        label_input=lambda example: label_task.inputs({"input": example.input}),
+    )
+
+
+def _num_params(params: Any) -> int:
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
+def evaluate_members(
+    trained: TrainedMembers,
+    configs: Sequence[ml_collections.ConfigDict],
+    splits: Mapping[str, Sequence[Example]],
+    workdirs: Sequence[str],
+    eval_splits: Sequence[str] = ("valid", "test"),
+) -> list[dict[str, float]]:
+    """Decodes each student on `eval_splits`; writes config.json, metrics.jsonl and predictions
+    into its workdir; returns each student's metrics row."""
+    rows = []
+    codec = _codec(trained.prepared.registered.vocabulary, configs[0].method)
+    for index, (config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
+        params = member_params(trained.state, index)
+        settings = EvalSettings(
+            dataset=config.dataset,
+            method=config.method,
+            batch_size=int(config.eval_batch_size),
+            max_input_length=int(config.max_input_length),
+            max_decode_length=int(config.eval_max_decode_length),
+        )
+
+        def generate(tokens: np.ndarray, length: int, params: Any = params) -> np.ndarray:
+            return np.asarray(
+                greedy_decode(
+                    trained.program.graphdef, tokens, state=params, max_decode_length=length
+                )
+            )
+
+        row: dict[str, float] = {"step": trained.steps, "num_params": _num_params(params)}
+        for name, values in trained.final_losses.items():
+            row[f"train_{name}"] = float(values[index])
+        os.makedirs(workdir, exist_ok=True)
+        for split in eval_splits:
+            result = evaluate(
+                splits[split],
+                split=split,
+                step=trained.steps,
+                settings=settings,
+                codec=codec,
+                generate=generate,
+            )
+            row.update(result.metrics())
+            write_predictions(predictions_path(workdir, split, trained.steps), result.records)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
+            handle.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        rows.append(row)
+    return rows
