@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping, Sequence
 
 from sbsd_jax.data.examples import SPLITS, DataFormatError
 from sbsd_jax.data.records import (
@@ -23,6 +25,27 @@ from sbsd_jax.data.teacher_outputs import SourceData, load_teacher_outputs
 
 def split_path(data_dir: str, dataset: str, split: str) -> str:
     return os.path.join(data_dir, dataset, f"{dataset}_{split}.json")
+
+
+def write_split(
+    data_dir: str,
+    dataset: str,
+    split: str,
+    records: Sequence[Mapping],
+    completions: Sequence[str],
+    completions_per_file: int = 1000,
+) -> None:
+    """The writer's side of this layout (the synthetic tasks): one split's JSON lines and its
+    teacher completions in files of `completions_per_file` (the paper's hold 1000 each)."""
+    llm_folder = os.path.join(data_dir, dataset, "llm")
+    os.makedirs(llm_folder, exist_ok=True)
+    with open(split_path(data_dir, dataset, split), "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    for file_index, start in enumerate(range(0, len(completions), completions_per_file)):
+        path = os.path.join(llm_folder, f"{split}_CoT_{file_index}.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(list(completions[start : start + completions_per_file]), handle)
 
 
 def read_split_file(dataset: str, path: str, split: str) -> list[RawExample]:

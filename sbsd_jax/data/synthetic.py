@@ -23,10 +23,11 @@ Everything is a pure function of the config (and its seed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import re
+
+from sbsd_jax.data.paper_layout import write_split
 
 DATASET_NAME = "synthetic"
 ANSWER_CUE = "The answer is"
@@ -216,9 +217,6 @@ def generate_split(
 def write_paper_layout(data_dir: str, config: SyntheticConfig = SyntheticConfig()) -> str:
     """Write {data_dir}/synthetic/synthetic_{split}.json and llm/{split}_CoT_{i}.json; returns
     the dataset folder. Test (and valid) problems never repeat a train problem."""
-    folder = os.path.join(data_dir, DATASET_NAME)
-    llm_folder = os.path.join(folder, "llm")
-    os.makedirs(llm_folder, exist_ok=True)
     used: set[str] = set()
     for split, count in (
         ("train", config.num_train),
@@ -229,15 +227,10 @@ def write_paper_layout(data_dir: str, config: SyntheticConfig = SyntheticConfig(
             continue
         records, completions = generate_split(split, count, config, exclude=used)
         used.update(record["input"] for record in records)
-        with open(os.path.join(folder, f"{DATASET_NAME}_{split}.json"), "w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-        per_file = config.completions_per_file
-        for file_index, start in enumerate(range(0, len(completions), per_file)):
-            path = os.path.join(llm_folder, f"{split}_CoT_{file_index}.json")
-            with open(path, "w") as f:
-                json.dump(completions[start : start + per_file], f)
-    return folder
+        write_split(
+            data_dir, DATASET_NAME, split, records, completions, config.completions_per_file
+        )
+    return os.path.join(data_dir, DATASET_NAME)
 
 
 # --- Reading a problem back from its text: the rule-based teacher for any input string. ---

@@ -33,9 +33,10 @@ parser. Everything is a pure function of the config (and its seed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
+
+from sbsd_jax.data.paper_layout import write_split
 
 DATASET_NAME = "synthetic_world"
 ANSWER_CUE = "So the answer is"
@@ -267,22 +268,13 @@ def split_records(
 def write_paper_layout(data_dir: str, config: WorldConfig = WorldConfig()) -> str:
     """Write {data_dir}/synthetic_world/synthetic_world_{split}.json and llm/{split}_CoT_{i}.json
     for train, valid and test; returns the dataset folder."""
-    folder = os.path.join(data_dir, DATASET_NAME)
-    llm_folder = os.path.join(folder, "llm")
-    os.makedirs(llm_folder, exist_ok=True)
     for split, questions in split_questions(config).items():
-        if not questions:
-            continue
-        records, completions = split_records(split, questions, config)
-        with open(os.path.join(folder, f"{DATASET_NAME}_{split}.json"), "w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-        per_file = config.completions_per_file
-        for file_index, start in enumerate(range(0, len(completions), per_file)):
-            path = os.path.join(llm_folder, f"{split}_CoT_{file_index}.json")
-            with open(path, "w") as f:
-                json.dump(completions[start : start + per_file], f)
-    return folder
+        if questions:
+            records, completions = split_records(split, questions, config)
+            write_split(
+                data_dir, DATASET_NAME, split, records, completions, config.completions_per_file
+            )
+    return os.path.join(data_dir, DATASET_NAME)
 
 
 def question_attribute(text: str) -> str | None:

@@ -20,6 +20,7 @@ tf = import_tensorflow()
 import seqio  # noqa: E402  (after TensorFlow is imported with accelerators hidden)
 
 BYTE_VOCABULARY_SPEC = "byte"
+WORD_VOCABULARY_SPEC = "word"  # the demo's: a word-level SentencePiece model of its training texts
 
 
 class EosStringSentencePieceVocabulary(seqio.SentencePieceVocabulary):
@@ -68,6 +69,12 @@ def make_vocabulary(spec: str) -> seqio.Vocabulary:
     model, with the EOS string mapped to the EOS id as HF's tokenizer does."""
     if spec == BYTE_VOCABULARY_SPEC:
         return seqio.ByteVocabulary()
+    if spec == WORD_VOCABULARY_SPEC:
+        raise ValueError(
+            "vocabulary 'word' is trained by the demo (python -m sbsd_jax.experiments.demo) on "
+            "its training split; to train one student with sbsd_jax.main, pass "
+            "--config.vocabulary=<demo workdir>/data/vocabulary.model"
+        )
     if not spec or not os.path.isfile(spec):
         raise ValueError(
             f"vocabulary {spec!r} is neither 'byte' nor an existing SentencePiece model file"
@@ -87,9 +94,6 @@ def vocabulary_description(vocabulary: seqio.Vocabulary) -> str:
         digest = hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]
         return f"{type(vocabulary).__name__}(sha256={digest}, extra_ids={vocabulary.extra_ids})"
     return f"{type(vocabulary).__name__}(size={vocabulary.vocab_size})"
-
-
-WORD_VOCABULARY_SPEC = "word"  # the demo's: a word-level SentencePiece model of its training texts
 
 
 def train_word_vocabulary(texts: Sequence[str], path_prefix: str) -> str:

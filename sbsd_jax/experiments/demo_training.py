@@ -114,6 +114,24 @@ def _num_params(params: Any) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
+def _eval_settings(config: ml_collections.ConfigDict) -> EvalSettings:
+    return EvalSettings(
+        dataset=config.dataset,
+        method=config.method,
+        batch_size=int(config.eval_batch_size),
+        max_input_length=int(config.max_input_length),
+        max_decode_length=int(config.eval_max_decode_length),
+    )
+
+
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict, row: Mapping) -> None:
+    """config.json and a one-row metrics.jsonl: what the report builder reads from any run."""
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
+        handle.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(dict(row)) + "\n")
+
+
 def evaluate_members(
     trained: TrainedMembers,
     configs: Sequence[ml_collections.ConfigDict],
@@ -127,39 +145,27 @@ def evaluate_members(
     codec = _codec(trained.prepared.registered.vocabulary, configs[0].method)
     for index, (config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
         params = member_params(trained.state, index)
-        settings = EvalSettings(
-            dataset=config.dataset,
-            method=config.method,
-            batch_size=int(config.eval_batch_size),
-            max_input_length=int(config.max_input_length),
-            max_decode_length=int(config.eval_max_decode_length),
-        )
 
         def generate(tokens: np.ndarray, length: int, params: Any = params) -> np.ndarray:
+            graphdef = trained.program.graphdef
             return np.asarray(
-                greedy_decode(
-                    trained.program.graphdef, tokens, state=params, max_decode_length=length
-                )
+                greedy_decode(graphdef, tokens, state=params, max_decode_length=length)
             )
 
         row: dict[str, float] = {"step": trained.steps, "num_params": _num_params(params)}
-        for name, values in trained.final_losses.items():
-            row[f"train_{name}"] = float(values[index])
+        row.update({f"train_{k}": float(v[index]) for k, v in trained.final_losses.items()})
         os.makedirs(workdir, exist_ok=True)
         for split in eval_splits:
             result = evaluate(
                 splits[split],
                 split=split,
                 step=trained.steps,
-                settings=settings,
+                settings=_eval_settings(config),
                 codec=codec,
                 generate=generate,
             )
             row.update(result.metrics())
             write_predictions(predictions_path(workdir, split, trained.steps), result.records)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
-            handle.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-        with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        _write_run_files(workdir, config, row)
         rows.append(row)
     return rows

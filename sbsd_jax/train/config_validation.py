@@ -125,6 +125,11 @@ def _vocabulary_problems(config: ml_collections.ConfigDict, model_vocab_size: in
         ]
     if spec == "byte":
         size = BYTE_VOCABULARY_SIZE
+    elif spec == "word":
+        return [
+            "config.vocabulary='word' is trained by the demo (python -m sbsd_jax.experiments.demo)"
+            "; to train one student, pass --config.vocabulary=<demo workdir>/data/vocabulary.model"
+        ]
     elif not spec or not os.path.isfile(spec):
         return [
             f"config.vocabulary={spec!r}: neither 'byte' nor an existing SentencePiece model "
