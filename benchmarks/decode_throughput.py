@@ -9,6 +9,9 @@ tokenized with ../shared/bench/cqa_spm.model, EOS appended, truncated and padded
 emit identical tokens, then times them alternately in one process (--rounds rounds of one
 call each, after a warm-up), so host load hits both alike, and prints examples/s, the ratio,
 and the GFLOP/s each side achieves next to a float32 matmul peak measured in the same run.
+Each call's process CPU time is recorded too: on a host shared with other jobs the wall-clock
+ratio swings with the load (PyTorch's thread pool suffers more from it than XLA's), while CPU
+seconds per call measure the work each side does; the host's CPU and load average are printed.
 
     python benchmarks/decode_throughput.py                       # small, batch 1 and 64, ~2 min
     python benchmarks/decode_throughput.py --size=tiny --batch_sizes=1,8 --rounds=2  # smoke run
@@ -67,20 +70,22 @@ def tokenize(texts: list[str], spm_path: str, length: int) -> np.ndarray:
     return rows
 
 
-def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
-    """Best of `repeats` jitted [size, size] @ [size, size] products, in GFLOP/s."""
-    import jax
-    import jax.numpy as jnp
+def host_description() -> str:
+    """CPU model (from /proc/cpuinfo where there is one) and core count."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
-    a = jnp.ones((size, size), dtype)
-    product = jax.jit(lambda x, y: x @ y)
-    product(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def build_pair(args: argparse.Namespace, directory: str):
@@ -160,15 +165,20 @@ def steps_decoded(tokens: np.ndarray, eos_id: int) -> int:
     return max(stops)
 
 
-def time_alternating(sides: dict, tokens: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each side, calls alternating A, B, A, B, ..."""
-    times: dict[str, list[float]] = {name: [] for name in sides}
+def time_alternating(
+    sides: dict, tokens: np.ndarray, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and process-CPU seconds per call of each side, calls alternating A, B, ..."""
+    wall: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(rounds):
         for name, run in sides.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run(tokens)
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    median = lambda series: {name: float(np.median(values)) for name, values in series.items()}
+    return median(wall), median(cpu)
 
 
 def main() -> None:
@@ -194,6 +204,7 @@ def main() -> None:
     import jax
     import torch
 
+    from sbsd_jax.eval.mfu import matmul_peak_flops
     from sbsd_jax.model.flops import decode_flops
 
     torch.set_num_threads(args.threads)
@@ -203,15 +214,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         ours_model, hf_model = build_pair(args, directory)
     config = ours_model.config
-    peak = matmul_peak_gflops()
+    load_before = load_average()
+    peak = matmul_peak_flops("float32", 2048) / 1e9
     print(
         f"t5_v1_1_{args.size}: {sum(x.size for x in jax.tree.leaves(nnx_state(ours_model))):,} "
         f"params; input {args.input_length}, {args.new_tokens} new tokens, "
         f"{'no early stop' if args.no_early_stop else 'stop at EOS'}; ours {jax.devices()[0]} "
         f"{args.dtype}, transformers {args.ref_device} ({torch.get_num_threads()} threads)"
     )
+    print(f"host: {host_description()}; load average (1/5/15 min) at start {load_before}")
     print(f"float32 matmul peak (2048^3, jax, this run): {peak:.0f} GFLOP/s")
-    results = {"peak_matmul_gflops": peak, "batches": []}
+    results = {
+        "peak_matmul_gflops": peak,
+        "host": host_description(),
+        "load_average_start": load_before,
+        "batches": [],
+    }
     for batch in batch_sizes:
         tokens = tokens_all[:batch]
         sides = {
@@ -221,19 +239,27 @@ def main() -> None:
         outputs = {name: run(tokens) for name, run in sides.items()}  # warm-up and compile
         same = bool(np.array_equal(outputs["ours"], outputs["generate"]))
         steps = steps_decoded(outputs["ours"], eos_id)
-        seconds = time_alternating(sides, tokens, args.rounds)
+        seconds, cpu_seconds = time_alternating(sides, tokens, args.rounds)
         flops = decode_flops(config, batch, int((tokens != PAD_ID).sum(1).max()), steps)
         row = {"batch": batch, "identical_tokens": same, "steps": steps, "gflop": flops / 1e9}
         for name, value in seconds.items():
             row[f"{name}_examples_per_s"] = batch / value
             row[f"{name}_gflops"] = flops / value / 1e9
+            row[f"{name}_cpu_seconds"] = cpu_seconds[name]
         row["ratio"] = row["ours_examples_per_s"] / row["generate_examples_per_s"]
+        row["cpu_ratio"] = row["generate_cpu_seconds"] / row["ours_cpu_seconds"]
+        row["load_average"] = load_average()
         results["batches"].append(row)
         print(
             f"batch {batch:3d}: ours {row['ours_examples_per_s']:8.2f} ex/s "
             f"({row['ours_gflops']:6.1f} GFLOP/s)  generate {row['generate_examples_per_s']:8.2f} "
             f"ex/s ({row['generate_gflops']:6.1f} GFLOP/s)  ratio {row['ratio']:.2f}x  "
             f"{steps} steps, {row['gflop']:.1f} GFLOP/call, identical tokens: {same}"
+        )
+        print(
+            f"           CPU seconds per call: ours {cpu_seconds['ours']:.2f}, generate "
+            f"{cpu_seconds['generate']:.2f} (generate / ours {row['cpu_ratio']:.2f}x); "
+            f"load average now {row['load_average']}"
         )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

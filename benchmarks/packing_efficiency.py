@@ -11,16 +11,17 @@ share of real tokens in the encoder and decoder rows and the examples each batch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
-from ml_collections import ConfigDict
-
+from sbsd_jax.data.examples import DatasetSpec, DataSpec
+from sbsd_jax.data.features import BatchingSpec
 from sbsd_jax.data.pipeline import make_train_iterator, prepare_data
 
 
-def epoch_statistics(config: ConfigDict, prepared) -> dict[str, float]:
+def epoch_statistics(batching: BatchingSpec, prepared) -> dict[str, float]:
     """Iterate until one epoch of examples has been consumed; token-weighted non-pad shares."""
-    iterator = make_train_iterator(config, prepared=prepared, process_index=0, process_count=1)
+    iterator = make_train_iterator(prepared, batching, process_index=0, process_count=1)
     real_in = real_tgt = total_in = total_tgt = 0
     batches = 0
     examples = iterator.examples_per_epoch
@@ -53,26 +54,22 @@ def main() -> None:
     parser.add_argument("--max_target_length", type=int, default=256)
     args = parser.parse_args()
 
-    config = ConfigDict(
-        {
-            "dataset": args.dataset,
-            "data_source": "paper",
-            "data_dir": args.data_dir,
-            "method": args.method,
-            "label_type": "gt",
-            "train_fraction": 1.0,
-            "subsample_seed": 0,
-            "max_input_length": args.max_input_length,
-            "max_target_length": args.max_target_length,
-            "pack": False,
-            "batch_size": args.batch_size,
-            "vocabulary": args.vocabulary,
-            "drop_unparseable": True,
-            "seed": 0,
-        }
+    dataset = DatasetSpec(
+        dataset=args.dataset, source="paper", data_dir=args.data_dir, label_type="gt"
+    )
+    data = DataSpec(
+        dataset, args.method, args.vocabulary, args.max_input_length, args.max_target_length
+    )
+    batching = BatchingSpec(
+        batch_size=args.batch_size,
+        max_input_length=args.max_input_length,
+        max_target_length=args.max_target_length,
+        pack=False,
+        seed=0,
+        row_length=0,
     )
     start = time.perf_counter()
-    prepared = prepare_data(config)
+    prepared = prepare_data(data)
     seconds = time.perf_counter() - start
     train = prepared.train_set
     print(f"loaded+tokenised {train.num_examples} train examples in {seconds:.1f} s")
@@ -91,9 +88,8 @@ def main() -> None:
         f"{args.max_input_length}/{args.max_target_length}"
     )
     for pack in (False, True):
-        config.pack = pack
         start = time.perf_counter()
-        stats = epoch_statistics(config, prepared)
+        stats = epoch_statistics(dataclasses.replace(batching, pack=pack), prepared)
         per_batch_ms = 1e3 * (time.perf_counter() - start) / stats["batches_per_epoch"]
         print(
             f"pack={str(pack):<5} encoder_nonpad={stats['encoder_nonpad']:.4f} "

@@ -5,7 +5,7 @@ Both sides get exactly the same token ids: `tokenized()` of ../shared/bench/ref_
 targets to 256). The reference runs first as a subprocess, then our jitted step, in one
 invocation on the same machine, so the printed ratio compares like with like. Like the trainer,
 this script restarts itself once with glibc malloc on transparent huge pages
-(sbsd_jax/train/host_malloc.py); the reference runs in the environment the script was started
+(sbsd_jax/runtime/host_malloc.py); the reference runs in the environment the script was started
 in, as its README runs it, or with the same tunable under --ref_huge_pages.
 
     python benchmarks/train_throughput.py   # CPU: v1.1-small, batch 16, input 512, float32
@@ -93,7 +93,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, float]:
     ]
     if args.ref_bf16:
         command.append("--bf16")
-    from sbsd_jax.train.host_malloc import original_environment
+    from sbsd_jax.runtime.host_malloc import original_environment
 
     # The reference runs in the environment this benchmark was started with, as its README
     # runs it; --ref_huge_pages gives it our malloc tunable too.
@@ -161,6 +161,7 @@ def run_ours(args: argparse.Namespace, data: dict) -> dict[str, float]:
     import jax
 
     from configs import base
+    from sbsd_jax.settings import from_config
     from sbsd_jax.train import mesh as mesh_lib
     from sbsd_jax.train.partitioning import host_local_to_global
     from sbsd_jax.train.step import build_train_program
@@ -178,8 +179,9 @@ def run_ours(args: argparse.Namespace, data: dict) -> dict[str, float]:
     if args.dropout_rate is not None:
         config.model_overrides.dropout_rate = args.dropout_rate
     config.mesh.fsdp = -1
-    mesh = mesh_lib.make_mesh(config)
-    program = build_train_program(config, mesh)
+    spec = from_config.to_run_spec(config)
+    mesh = mesh_lib.make_mesh(spec.mesh)
+    program = build_train_program(spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules)
     state = program.init_fn(jax.random.key(0))
 
     batches = list(
@@ -288,8 +290,8 @@ def main() -> None:
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, ROOT)
-    from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
-    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+    from sbsd_jax.runtime.host_malloc import restart_with_huge_page_malloc
+    from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 
     restart_with_huge_page_malloc()  # what sbsd_jax.main does, before anything starts
     apply_default_xla_flags()  # what sbsd_jax.main does, before JAX starts

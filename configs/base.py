@@ -58,9 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
         ("tie_word_embeddings", bool),
         ("layer_norm_epsilon", float),
         ("accumulating_dot_vjp", bool),  # default: on for CPU only (see T5Config)
+        # Decoder-only students (DecoderConfig): layers, key/value heads, head size.
+        ("num_layers", int),
+        ("num_kv_heads", int),
+        ("head_dim", int),
     ):
         config.model_overrides[field] = config_dict.placeholder(kind)
-    config.init_checkpoint = ""  # Hugging Face T5 directory or hub id to start from ('' = scratch)
+    # Hugging Face T5 (or decoder-only) directory or hub id to start from ('' = scratch).
+    config.init_checkpoint = ""
     # auto (bfloat16 on TPU/GPU, float32 on CPU) | bfloat16 | float32. On CPUs with AVX512-BF16,
     # bfloat16 trains about 1.8x faster than float32 (README, Performance).
     config.compute_dtype = "auto"
@@ -71,6 +76,26 @@ def get_config() -> ml_collections.ConfigDict:
     # XLA's RngBitGenerator, which compiles several times faster on CPU and runs faster on TPU,
     # but its masks depend on the sharding (runs stay reproducible on the same mesh).
     config.rng_impl = "threefry2x32"
+
+    # --- Decoder-only students (config.model a Llama / Qwen / Gemma / Phi-3 shape) ---------
+    # Text format of the causal-LM rows: plain ('<prefix>Q: <input>\nA: <target>'), chat (the
+    # Hugging Face tokenizer's chat template) or auto (chat when the tokenizer has one).
+    config.decoder_template = "auto"
+    # Slots of a training row (prompt + target + EOS; packed rows hold several sequences);
+    # 0 = max_input_length + max_target_length. Evaluation prompts: up to max_input_length.
+    config.decoder_row_length = 0
+    # LoRA / QLoRA (sbsd_jax.model.lora): train low-rank adapters only, the base frozen (and
+    # quantised to nf4 / int4 / int8 for QLoRA). T5 and decoder-only students.
+    config.lora = ml_collections.ConfigDict()
+    config.lora.enabled = False
+    config.lora.rank = 8
+    config.lora.alpha = 16.0
+    config.lora.dropout = 0.0  # only 0.0 is supported
+    config.lora.target = ""  # regex over parameter paths; '' = attention and MLP kernels
+    config.lora.base_qtype = "none"  # none | nf4 | int4 | int8
+    config.lora.tile_size = 0  # quantisation block along the input axis; 0 = per channel
+    # Checkpoints then hold the adapters and their optimizer state only; the frozen base is
+    # rebuilt from init_checkpoint (or the seed) on resume.
 
     # --- Multi-task loss --------------------------------------------------------------------
     config.alpha = 0.5  # loss = alpha * label_loss + (1 - alpha) * rationale_loss
@@ -98,7 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.fsdp = -1  # fully-sharded data parallelism; -1 = all remaining devices
     config.mesh.tensor = 1  # tensor (model) parallelism over heads / mlp / vocab
     config.mesh.dcn_data = 1  # multi-slice: data parallelism across slices (DCN)
-    # () = sbsd_jax.train.partitioning.DEFAULT_LOGICAL_AXIS_RULES; else ((logical, mesh_axes), ...)
+    # () = sbsd_jax.model.sharding.DEFAULT_LOGICAL_AXIS_RULES; else ((logical, mesh_axes), ...)
     config.logical_axis_rules = ()
     # Multi-host: empty values mean "let JAX discover" (Cloud TPU) or read the SBSD_* env vars.
     config.distributed = ml_collections.ConfigDict()

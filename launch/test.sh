@@ -6,7 +6,9 @@ venv="${VENV:-$root/.venv}"
 WITH_TESTS=1 VENV="$venv" bash "$root/launch/setup_env.sh"
 cd "$root"
 set +e
-"$venv/bin/python" -m pytest "$@"
+# Two pytest-xdist workers (SBSD_TEST_WORKERS; 0 runs in this process), each given whole test
+# files: a file's module fixtures (a trained run its tests read) run once, in one worker.
+"$venv/bin/python" -m pytest -n "${SBSD_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

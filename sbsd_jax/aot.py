@@ -27,12 +27,20 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sbsd_jax.data.features import (  # noqa: E402
+    BatchingSpec,
+    batch_shapes,
+    causal_batch_shapes,
+    tasks_per_example,
+)
 from sbsd_jax.experiments.config_files import parse_config_flags  # noqa: E402
-from sbsd_jax.train import config_validation  # noqa: E402
+from sbsd_jax.model import flops as flops_lib  # noqa: E402
+from sbsd_jax.model.flops import CHIP_PEAKS, ChipPeak, chip_for  # noqa: E402, F401 (re-export)
+from sbsd_jax.settings import from_config  # noqa: E402
+from sbsd_jax.settings.spec import ConfigError, RunSpec  # noqa: E402
 from sbsd_jax.train import mesh as mesh_lib  # noqa: E402
 from sbsd_jax.train import step as step_lib  # noqa: E402
 
@@ -140,35 +148,39 @@ def topology_devices(
 
 
 def abstract_batch(
-    config: ml_collections.ConfigDict, sharding: jax.sharding.Sharding
+    method: str, batching: BatchingSpec, sharding: jax.sharding.Sharding
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes of one global training batch at the config's full lengths.
-
-    step_by_step puts a predict and an explain sequence per example in the batch (unpacked:
-    2 * batch_size rows); the other methods one.
-    """
-    import jax.numpy as jnp
-
-    rows = config.batch_size * (2 if config.method == "step_by_step" else 1)
-    inputs, targets = config.max_input_length, config.max_target_length
-    batch = {}
-    for key in step_lib.MODEL_INPUT_KEYS:
-        length = inputs if key.startswith("encoder_") else targets
-        dtype = jnp.float32 if key == "decoder_loss_weights" else jnp.int32
-        batch[key] = jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding)
-    return batch
+    """Shapes of one global training batch at the full lengths: the batch contract of
+    data/features.py (step_by_step puts a predict and an explain sequence per example in the
+    batch: 2 * batch_size rows; the other methods one). Decoder-only rows (row_length > 0):
+    the causal-LM contract, rows of row_length slots."""
+    if batching.row_length:
+        shapes = causal_batch_shapes(method, batching.batch_size, batching.row_length)
+    else:
+        shapes = batch_shapes(
+            method, batching.batch_size, batching.max_input_length, batching.max_target_length
+        )
+    return {
+        key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+        for key, (shape, dtype) in shapes.items()
+    }
 
 
 def compile_train_step(
-    config: ml_collections.ConfigDict, devices: list[jax.Device]
+    spec: RunSpec, devices: list[jax.Device]
 ) -> tuple[jax.stages.Compiled, step_lib.TrainProgram]:
-    """Lowers and compiles the real train step for `devices` without allocating anything."""
-    config_validation.validate(config, len(devices), check_data=False)
-    mesh = mesh_lib.make_mesh(config, devices)
-    program = step_lib.build_train_program(config, mesh, platform=devices[0].platform)
-    lowered = program.train_step.lower(
-        program.abstract_state_with_shardings, abstract_batch(config, program.batch_sharding)
+    """Lowers and compiles the real train step for `devices` without allocating anything
+    (ConfigError when the mesh does not fit them)."""
+    spec.check_devices(len(devices))
+    mesh = mesh_lib.make_mesh(spec.mesh, devices)
+    program = step_lib.build_train_program(
+        spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules, platform=devices[0].platform
     )
+    batch = abstract_batch(spec.step.method, spec.batching, program.batch_sharding)
+    frozen = ()  # LoRA: the frozen (quantised) base, a separate non-donated argument
+    if program.frozen is not None:
+        frozen = (step_lib.with_shardings(program.frozen.abstract, program.frozen.shardings),)
+    lowered = program.train_step.lower(program.abstract_state_with_shardings, batch, *frozen)
     return lowered.compile(), program
 
 
@@ -182,38 +194,6 @@ def memory_report(compiled: jax.stages.Compiled, hbm_bytes: float | None) -> Mem
         generated_code_bytes=int(stats.generated_code_size_in_bytes),
         hbm_bytes=hbm_bytes,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class ChipPeak:
-    """A chip's published dense bf16 peak and HBM bandwidth (vendor data sheets)."""
-
-    bf16_tflops: float
-    hbm_gb_per_s: float
-
-
-# Per chip (a TPU v4/v5p chip is its two TensorCores together; H100/H200: SXM, dense, no
-# sparsity). Sources: Cloud TPU system architecture pages, NVIDIA H100/H200 data sheets.
-CHIP_PEAKS: dict[str, ChipPeak] = {
-    "v4": ChipPeak(275.0, 1228.0),
-    "v5e": ChipPeak(197.0, 819.0),
-    "v5p": ChipPeak(459.0, 2765.0),
-    "v6e": ChipPeak(918.0, 1640.0),
-    "h100": ChipPeak(989.0, 3350.0),
-    "h200": ChipPeak(989.0, 4800.0),
-}
-_KIND_TO_CHIP = {"v4": "v4", "v5 lite": "v5e", "v5e": "v5e", "v5": "v5p", "v5p": "v5p"}
-_KIND_TO_CHIP |= {"v6 lite": "v6e", "v6e": "v6e", "h100": "h100", "h200": "h200"}
-
-
-def chip_for(device_kind: str, topology_name: str = "") -> str | None:
-    """CHIP_PEAKS key of libtpu's device_kind ('TPU v5 lite', 'NVIDIA H100 80GB HBM3', ...)
-    or of the topology name's prefix."""
-    kind = device_kind.lower().removeprefix("tpu").removeprefix("nvidia").strip()
-    for name in (kind, kind.split()[0] if kind else "", topology_name.split(":")[0].lower()):
-        if name in _KIND_TO_CHIP:
-            return _KIND_TO_CHIP[name]
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +236,9 @@ class StepCost:
 
     def mfu(self, step_seconds: float) -> float:
         """Model FLOPs utilisation of a step that takes step_seconds."""
-        return self.model_flops / self.chips / (step_seconds * self.peak.bf16_tflops * 1e12)
+        return flops_lib.mfu(
+            self.model_flops, step_seconds, self.chips, self.peak.bf16_tflops * 1e12
+        )
 
     def table(self, measured_step_seconds: float | None = None) -> str:
         per_chip = self.model_flops / self.chips
@@ -291,30 +273,28 @@ class StepCost:
 
 def step_cost(
     compiled: jax.stages.Compiled,
-    config: ml_collections.ConfigDict,
+    spec: RunSpec,
     model_config: object,
     chips: int,
     peak: ChipPeak,
 ) -> StepCost:
-    """The compiled step's cost next to the formula for the config's full-length batch."""
+    """The compiled step's cost next to the formula for the run's full-length batch."""
     from sbsd_jax.model.flops import train_step_flops
 
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):  # older jax: one dict per program
         analysis = analysis[0]
-    rows = config.batch_size * (2 if config.method == "step_by_step" else 1)
+    batching, accum = spec.batching, spec.step.grad_accum_steps
+    rows = batching.batch_size * tasks_per_example(spec.step.method)
     model_flops = train_step_flops(
-        model_config,
-        rows * config.grad_accum_steps,
-        config.max_input_length,
-        config.max_target_length,
+        model_config, rows * accum, batching.max_input_length, batching.max_target_length
     )
     return StepCost(
         model_flops=float(model_flops),
         xla_flops=float(analysis.get("flops", 0.0)),
         xla_bytes=float(analysis.get("bytes accessed", 0.0)),
         chips=chips,
-        examples_per_step=int(config.batch_size) * int(config.grad_accum_steps),
+        examples_per_step=batching.batch_size * accum,
         peak=peak,
     )
 
@@ -340,6 +320,11 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=configs/<experiment>.py is required")
+    try:  # every group, once, before libtpu starts; the mesh once the devices are known
+        spec = from_config.run_spec(config, check_data=False)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
     bounds = _HOST_BOUNDS.value
     devices = topology_devices(
         _TOPOLOGY.value,
@@ -348,8 +333,8 @@ def main(argv: list[str]) -> None:
     )
     start = time.perf_counter()
     try:
-        compiled, program = compile_train_step(config, devices)
-    except config_validation.ConfigError as error:
+        compiled, program = compile_train_step(spec, devices)
+    except ConfigError as error:
         print(error, file=sys.stderr)
         sys.exit(2)
     except jax.errors.JaxRuntimeError as error:
@@ -357,30 +342,37 @@ def main(argv: list[str]) -> None:
             raise
         # XLA's TPU compiler refuses a program whose temporaries alone exceed HBM.
         print(
-            f"topology {_TOPOLOGY.value}: {config.model} DOES NOT FIT with mesh "
-            f"{config.mesh.to_dict()}, remat {config.remat_policy}:\n  {error}"
+            f"topology {_TOPOLOGY.value}: {spec.model.name} DOES NOT FIT with mesh "
+            f"{config.mesh.to_dict()}, remat {spec.model.remat_policy}:\n  {error}"
         )
         sys.exit(1)
     seconds = time.perf_counter() - start
     report = memory_report(compiled, hbm_bytes_for(devices[0].device_kind, _TOPOLOGY.value))
     mesh = dict(program.mesh.shape)
     params = sum(x.size for x in jax.tree.leaves(program.abstract_state.params))
+    if program.frozen is not None:  # report the whole model; the adapters separately
+        adapters = params
+        params += sum(x.size for x in jax.tree.leaves(program.frozen.abstract))
+        print(f"LoRA: {adapters / 1e6:.2f}M trained adapter params, base {spec.model.lora}")
     print(
         f"topology {_TOPOLOGY.value} x{_NUM_SLICES.value}: {len(devices)} x "
         f"{devices[0].device_kind}; mesh {mesh}"
     )
     print(
-        f"model {config.model} ({params / 1e9:.2f}B params, {program.model_config.dtype} "
-        f"compute, remat {program.model_config.remat_policy}, scan {config.scan_layers}); "
-        f"optimizer {config.optimizer}; method {config.method}; batch {config.batch_size} x "
-        f"accum {config.grad_accum_steps}; input {config.max_input_length}, target "
-        f"{config.max_target_length}"
+        f"model {spec.model.name} ({params / 1e9:.2f}B params, {program.model_config.dtype} "
+        f"compute, remat {program.model_config.remat_policy}, scan {spec.model.scan_layers}); "
+        f"optimizer {spec.optimizer.name}; method {spec.step.method}; batch "
+        f"{spec.batching.batch_size} x accum {spec.step.grad_accum_steps}; input "
+        f"{spec.batching.max_input_length}, target {spec.batching.max_target_length}"
+        + (f", decoder-only rows {spec.batching.row_length}" if spec.batching.row_length else "")
     )
     print(f"compiled in {seconds:.1f} s")
     print(report.table())
     chip = _CHIP.value or chip_for(devices[0].device_kind, _TOPOLOGY.value)
-    if chip is not None:
-        cost = step_cost(compiled, config, program.model_config, len(devices), CHIP_PEAKS[chip])
+    if chip is not None and spec.causal is not None:
+        print("step cost: FLOP formula for encoder-decoder students only (model/flops.py)")
+    elif chip is not None:
+        cost = step_cost(compiled, spec, program.model_config, len(devices), CHIP_PEAKS[chip])
         print(f"step cost on {chip} (peaks: published figures):")
         print(cost.table(_MEASURED.value))
     if report.fits is False:

@@ -44,17 +44,25 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
-    from sbsd_jax.train.jax_platforms import skip_absent_accelerators
-    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+    from sbsd_jax.runtime.jax_platforms import skip_absent_accelerators
+    from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 
     apply_default_xla_flags()  # before JAX creates its backends
     skip_absent_accelerators()  # no libtpu start-up chatter where no TPU (or GPU) exists
-    from sbsd_jax.data.examples import DataFormatError
-    from sbsd_jax.train.checkpointing import CorruptCheckpointError
-    from sbsd_jax.train.loop import ConfigError, train_and_evaluate
+    from sbsd_jax.settings.from_config import run_spec
+    from sbsd_jax.settings.spec import ConfigError
 
     try:
-        summary = train_and_evaluate(config, _WORKDIR.value)
+        spec = run_spec(config)  # every group, once, before any side effect and TensorFlow
+    except ConfigError as error:
+        print(f"sbsd_jax.main: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    from sbsd_jax.data.examples import DataFormatError
+    from sbsd_jax.train.checkpointing import CorruptCheckpointError
+    from sbsd_jax.train.loop import train_and_evaluate
+
+    try:
+        summary = train_and_evaluate(spec, _WORKDIR.value)
     except ConfigError as error:
         print(f"sbsd_jax.main: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -67,7 +75,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-    from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
+    from sbsd_jax.runtime.host_malloc import restart_with_huge_page_malloc
 
     restart_with_huge_page_malloc()  # once, before JAX starts any thread
     app.run(main, flags_parser=functools.partial(parse_config_flags, program="sbsd_jax.main"))

@@ -18,13 +18,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Many tests compile the same tiny programs again: every process a resume or multi-host test
-# starts, and each test that builds the same model. JAX's persistent cache, fresh for each
-# session (so the suite's time is that of a cold start) and inherited by those processes,
-# compiles each program once. Its size limit turns on the file lock that two processes
-# compiling the same program at once need.
+# Many tests compile the same tiny programs again: every process a resume, corruption, SIGTERM
+# or multi-host test starts (tests/tiny_run.py gives them one config), and each test that
+# builds the same model. JAX's persistent cache, fresh for each session (so the suite's time is
+# that of a cold start) and inherited by those processes and by pytest-xdist's workers,
+# compiles each program once: every program, since a process's many sub-second compiles add up
+# to most of its start-up. An entry is keyed by the program's HLO, the compile options and
+# flags (the device count among them), the jaxlib version and the backend, so a hit is the
+# executable that compiling would give: it cannot change what a test computes. The size limit
+# turns on the file lock that two processes compiling the same program at once need.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="sbsd-jax-test-compile-cache-")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -3,7 +3,7 @@
 Usage: python tests/multihost_worker.py CONFIG_JSON WORKDIR RECORD_JSON
 CONFIG_JSON holds field overrides for configs/base.py (nested dicts for sub-configs). The
 process joins a multi-process job through SBSD_COORDINATOR / SBSD_NUM_PROCESSES /
-SBSD_PROCESS_ID (sbsd_jax.train.mesh.maybe_initialize_distributed), trains with
+SBSD_PROCESS_ID (sbsd_jax.runtime.distributed.maybe_initialize_distributed), trains with
 train_and_evaluate, and writes RECORD_JSON: which global batch rows this process read, a
 fingerprint of every host-local batch it produced and the shape of every global batch built
 from them, so the test can check each host read only its share and that shares held by

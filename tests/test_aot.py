@@ -13,6 +13,7 @@ import ml_collections
 import pytest
 
 from sbsd_jax import aot
+from sbsd_jax.settings import from_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 GIB = 1024**3
@@ -69,19 +70,21 @@ def test_hbm_per_chip_by_device_kind_or_topology_name(device_kind, topology, gib
 def test_abstract_batch_has_two_sequences_per_example_for_step_by_step():
     config = tiny_config()
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    batch = aot.abstract_batch(config, sharding)
+    batching = from_config.batching_spec(config)
+    batch = aot.abstract_batch(config.method, batching, sharding)
     assert batch["encoder_input_tokens"].shape == (8, 32)
     assert batch["decoder_task_ids"].shape == (8, 16)
     assert batch["decoder_loss_weights"].dtype == jax.numpy.float32
-    config.method = "standard"
-    assert aot.abstract_batch(config, sharding)["decoder_target_tokens"].shape == (4, 16)
+    standard = aot.abstract_batch("standard", batching, sharding)
+    assert standard["decoder_target_tokens"].shape == (4, 16)
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='needs libtpu: pip install "jax[tpu]==<jax version>"')
 def test_tiny_train_step_compiles_for_a_v5e_2x2_slice_and_reports_its_memory():
     devices = aot.topology_devices("v5e:2x2")
     assert len(devices) == 4 and devices[0].platform == "tpu"
-    compiled, program = aot.compile_train_step(tiny_config(), devices)
+    spec = from_config.run_spec(tiny_config(), check_data=False)
+    compiled, program = aot.compile_train_step(spec, devices)
     assert dict(program.mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2}
     assert program.model_config.dtype == "bfloat16"  # 'auto' follows the target, not this CPU
     report = aot.memory_report(compiled, aot.hbm_bytes_for(devices[0].device_kind))
@@ -113,12 +116,11 @@ def test_an_unknown_config_field_is_named_like_the_trainer_does():
 )
 def test_a_mesh_axis_that_cuts_across_the_torus_still_builds(topology, layout):
     """JAX refuses these layouts unless physical axes may be split; the mesh falls back to it."""
+    from sbsd_jax.settings.spec import MeshSpec
     from sbsd_jax.train import mesh as mesh_lib
 
-    config = ml_collections.ConfigDict(
-        {"mesh": {"data": layout[0], "fsdp": layout[1], "tensor": layout[2], "dcn_data": 1}}
-    )
+    spec = MeshSpec(data=layout[0], fsdp=layout[1], tensor=layout[2], dcn_data=1, rules=())
     devices = aot.topology_devices(topology)
-    mesh = mesh_lib.make_mesh(config, devices)
+    mesh = mesh_lib.make_mesh(spec, devices)
     assert tuple(mesh.shape.values()) == layout
     assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)

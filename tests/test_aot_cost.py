@@ -12,6 +12,7 @@ import pytest
 from sbsd_jax import aot
 from sbsd_jax.model import flops
 from sbsd_jax.model.config import get_model_config
+from sbsd_jax.settings import from_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -96,8 +97,9 @@ def test_compiled_step_cost_sits_next_to_the_formula():
     config.batch_size, config.eval_batch_size = 2, 2
     config.max_input_length, config.max_target_length = 32, 16
     config.mesh.update(data=1, fsdp=1, tensor=1)
-    compiled, program = aot.compile_train_step(config, jax.devices()[:1])
-    cost = aot.step_cost(compiled, config, program.model_config, 1, aot.CHIP_PEAKS["v5e"])
+    run = from_config.run_spec(config, check_data=False)
+    compiled, program = aot.compile_train_step(run, jax.devices()[:1])
+    cost = aot.step_cost(compiled, run, program.model_config, 1, aot.CHIP_PEAKS["v5e"])
     assert cost.model_flops == flops.train_step_flops(program.model_config, 4, 32, 16)
     # XLA counts the same matmuls plus element-wise work, optimizer and loss.
     assert 0.9 * cost.model_flops < cost.xla_flops < 3 * cost.model_flops

@@ -26,7 +26,7 @@ from sbsd_jax.data import inspect
 from sbsd_jax.data.examples import DatasetSpec
 from sbsd_jax.data.sources import load_dataset_splits
 from sbsd_jax.data.synthetic import SyntheticConfig, write_paper_layout
-from sbsd_jax.train.jax_platforms import only_cpu_can_exist
+from sbsd_jax.runtime.jax_platforms import only_cpu_can_exist
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST, PER_FILE = 20, 6, 10
@@ -262,21 +262,19 @@ def test_inputs_longer_than_the_limit_are_counted_per_split_not_refused(capsys, 
 
 def test_the_training_data_report_counts_truncated_rationales(data_dir):
     """What sbsd_jax.main prints at start: prepare_data's report, with the trainer's limits."""
+    from sbsd_jax.data.examples import DataSpec
     from sbsd_jax.data.pipeline import prepare_data
 
-    config = {
-        "dataset": "synthetic",
-        "data_dir": str(data_dir),
-        "method": "step_by_step",
-        "vocabulary": "byte",
-        "max_input_length": 512,
-    }
+    def data(max_target_length: int) -> DataSpec:
+        dataset = DatasetSpec(dataset="synthetic", data_dir=str(data_dir))
+        return DataSpec(dataset, "step_by_step", "byte", 512, max_target_length)
+
     loaded = load_dataset_splits(DatasetSpec(dataset="synthetic", data_dir=str(data_dir)))
     lengths = sorted(len(e.rationale.encode()) + 1 for e in loaded.splits["train"])  # + EOS
     limit = lengths[len(lengths) // 2]  # about half the rationales do not fit
     expected = sum(length > limit for length in lengths)
     assert 0 < expected < len(lengths)
-    prepared = prepare_data({**config, "max_target_length": limit})
+    prepared = prepare_data(data(limit))
     train = prepared.report.splits["train"]
     assert (train.truncated_inputs, train.truncated_targets) == (0, expected)
     assert f"train: {expected} targets over max_target_length={limit}" in prepared.report.format()
@@ -411,7 +409,7 @@ def static_config(data_dir: pathlib.Path, field: str, value: object):
 
 @pytest.mark.parametrize("case", sorted(GROUP_CASES))
 def test_every_config_group_is_checked_without_devices(data_dir, case):
-    from sbsd_jax.train.config_validation import ConfigError, validate
+    from sbsd_jax.settings.validation import ConfigError, validate
 
     field, value, message = GROUP_CASES[case]
     with pytest.raises(ConfigError) as refused:
@@ -434,7 +432,7 @@ def test_a_coordinator_without_a_process_count_is_a_config_error(
     monkeypatch, data_dir, environ, message
 ):
     """What jax.distributed.initialize would otherwise fail on (or hang waiting for)."""
-    from sbsd_jax.train.config_validation import ConfigError, validate
+    from sbsd_jax.settings.validation import ConfigError, validate
 
     for variable, value in environ.items():
         monkeypatch.setenv(variable, value)

@@ -215,10 +215,12 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
     root = tmp_path_factory.mktemp("corrupt_resume")
     config = write_tiny_run(
         root,
-        num_train_steps=NUM_STEPS,
-        checkpoint_every=CHECKPOINT_EVERY,
-        keep_checkpoints=2,
-        log_every=4,
+        {
+            "num_train_steps": NUM_STEPS,
+            "checkpoint_every": CHECKPOINT_EVERY,
+            "keep_checkpoints": 2,
+            "log_every": 4,
+        },
     )
     workdir = root / "uninterrupted"
     _main(config, workdir, expect=0)
@@ -230,7 +232,7 @@ def _main(config: pathlib.Path, workdir: pathlib.Path, expect: int, *overrides: 
     result = subprocess.run(
         main_command(config, workdir, *overrides),
         cwd=REPO,
-        env=run_env(config.parent),
+        env=run_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,8 +8,8 @@ import pathlib
 
 import pytest
 
-from sbsd_jax.train import compute_dtype
-from sbsd_jax.train import step as step_lib
+from sbsd_jax.runtime import compute_dtype
+from sbsd_jax.settings import from_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 COMMON_FLAGS = "fpu vme sse sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_vnni"
@@ -85,12 +85,12 @@ def test_the_trainer_reads_this_machines_cpuinfo_for_auto_only(
     monkeypatch.setattr(compute_dtype, "CPUINFO", path)
     compute_dtype._this_cpu_prefers_bfloat16.cache_clear()
     try:
-        assert step_lib.build_model_config(base_config("auto"), platform="cpu").dtype == expected
+        assert from_config.model_spec(base_config("auto")).config_for("cpu").dtype == expected
         for explicit in ("float32", "bfloat16", "float16"):
-            model = step_lib.build_model_config(base_config(explicit), platform="cpu")
+            model = from_config.model_spec(base_config(explicit)).config_for("cpu")
             assert model.dtype == explicit
         path.unlink()  # no /proc/cpuinfo (not Linux): float32
         compute_dtype._this_cpu_prefers_bfloat16.cache_clear()
-        assert step_lib.build_model_config(base_config("auto"), platform="cpu").dtype == "float32"
+        assert from_config.model_spec(base_config("auto")).config_for("cpu").dtype == "float32"
     finally:
         compute_dtype._this_cpu_prefers_bfloat16.cache_clear()

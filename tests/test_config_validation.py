@@ -11,10 +11,10 @@ import ml_collections
 import pytest
 
 from sbsd_jax.model.config import MODEL_NAMES
+from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
+from sbsd_jax.settings import from_config
+from sbsd_jax.settings.validation import ConfigError, validate
 from sbsd_jax.train import optimizer as optimizer_lib
-from sbsd_jax.train import step as step_lib
-from sbsd_jax.train.config_validation import ConfigError, validate
-from sbsd_jax.train.xla_flags import apply_default_xla_flags
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = ("cqa", "svamp", "esnli", "anli1", "gsm8k", "jsonl")
@@ -60,7 +60,7 @@ def test_every_experiment_config_has_the_paper_recipe_and_validates(name):
 
 def test_base_config_is_the_reference_optimizer_schedule():
     """HF Trainer defaults of the reference: linear decay from 5e-5 to 0, no warmup."""
-    schedule = optimizer_lib.make_learning_rate_schedule(good_config())
+    schedule = optimizer_lib.make_learning_rate_schedule(from_config.optimizer_spec(good_config()))
     assert float(schedule(0)) == pytest.approx(5e-5)
     assert float(schedule(5_000)) == pytest.approx(2.5e-5)
     assert float(schedule(10_000)) == pytest.approx(0.0, abs=1e-12)
@@ -70,7 +70,7 @@ def test_base_config_is_the_reference_optimizer_schedule():
 def test_every_schedule_warms_up_linearly_then_stays_at_or_below_the_peak(schedule):
     config = good_config()
     config.lr_schedule, config.warmup_steps = schedule, 100
-    rate = optimizer_lib.make_learning_rate_schedule(config)
+    rate = optimizer_lib.make_learning_rate_schedule(from_config.optimizer_spec(config))
     assert float(rate(0)) == 0.0
     assert float(rate(50)) == pytest.approx(2.5e-5)
     assert float(rate(100)) == pytest.approx(5e-5)
@@ -79,12 +79,12 @@ def test_every_schedule_warms_up_linearly_then_stays_at_or_below_the_peak(schedu
 
 def test_auto_compute_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
     config = good_config()
-    assert step_lib.build_model_config(config, platform="cpu").dtype == "float32"
-    assert step_lib.build_model_config(config, platform="tpu").dtype == "bfloat16"
-    assert step_lib.build_model_config(config, platform="gpu").dtype == "bfloat16"
+    assert from_config.model_spec(config).config_for("cpu").dtype == "float32"
+    assert from_config.model_spec(config).config_for("tpu").dtype == "bfloat16"
+    assert from_config.model_spec(config).config_for("gpu").dtype == "bfloat16"
     config.model_overrides.dropout_rate = 0.0
     config.model = "t5_v1_1_large"
-    model = step_lib.build_model_config(config, platform="cpu")
+    model = from_config.model_spec(config).config_for("cpu")
     assert (model.d_model, model.dropout_rate) == (1024, 0.0)
 
 
@@ -92,11 +92,11 @@ def test_accumulating_dot_vjp_is_on_for_cpu_only():
     """XLA:CPU needs the custom VJP for fast bf16 backward dots; accelerators keep JAX's own."""
     config = good_config()
     config.compute_dtype = "bfloat16"
-    assert step_lib.build_model_config(config, platform="cpu").accumulating_dot_vjp
-    assert not step_lib.build_model_config(config, platform="tpu").accumulating_dot_vjp
-    assert not step_lib.build_model_config(config, platform="gpu").accumulating_dot_vjp
+    assert from_config.model_spec(config).config_for("cpu").accumulating_dot_vjp
+    assert not from_config.model_spec(config).config_for("tpu").accumulating_dot_vjp
+    assert not from_config.model_spec(config).config_for("gpu").accumulating_dot_vjp
     config.model_overrides.accumulating_dot_vjp = False
-    assert not step_lib.build_model_config(config, platform="cpu").accumulating_dot_vjp
+    assert not from_config.model_spec(config).config_for("cpu").accumulating_dot_vjp
 
 
 def test_unknown_model_lists_the_known_names():
@@ -222,8 +222,6 @@ def test_all_problems_are_reported_at_once():
 
 def test_every_user_facing_data_source_field_is_a_config_field():
     """--config.hf_name=... etc. must work: a locked ConfigDict rejects unknown fields."""
-    from sbsd_jax.data.examples import DatasetSpec
-
     config = load_config("base")
     for name in ("data_dir", "hf_name", "hf_config", "tfds_name", "rationale_dir"):
         assert name in config, name
@@ -231,7 +229,7 @@ def test_every_user_facing_data_source_field_is_a_config_field():
     config.hf_name = "esnli"
     config.tfds_name = "esnli"
     config.rationale_source = "human"
-    spec = DatasetSpec.from_config(config)
+    spec = from_config.dataset_spec(config)
     assert (spec.source, spec.hf_name, spec.tfds_name, spec.rationale_source) == (
         "hf",
         "esnli",
@@ -307,7 +305,7 @@ def test_the_vocabulary_must_exist_and_fit_the_embedding_table(tmp_path):
 def test_the_byte_vocabulary_size_is_seqios():
     import seqio
 
-    from sbsd_jax.train.config_validation import BYTE_VOCABULARY_SIZE
+    from sbsd_jax.settings.validation import BYTE_VOCABULARY_SIZE
 
     assert seqio.ByteVocabulary().vocab_size == BYTE_VOCABULARY_SIZE
 

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from sbsd_jax.data import tensorflow_runtime
-from sbsd_jax.train.jax_platforms import only_cpu_can_exist, skip_absent_accelerators
+from sbsd_jax.runtime.jax_platforms import only_cpu_can_exist, skip_absent_accelerators
 
 
 def cpu_only(environ=None, *, chips=0, files=()):

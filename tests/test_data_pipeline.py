@@ -1,6 +1,7 @@
 """Training input pipeline: batch layout, determinism, host sharding and resumable position."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -12,12 +13,15 @@ from sbsd_jax.data.features import BATCH_KEYS, TASK_LABEL, TASK_RATIONALE
 from sbsd_jax.data.pipeline import (
     IteratorStateError,
     TrainIterator,
-    dataset_spec_from_config,
     epoch_permutation,
     make_train_iterator,
     prepare_data,
 )
 from sbsd_jax.data.vocabulary import make_vocabulary
+from sbsd_jax.experiments.config_files import load_config_file
+from sbsd_jax.settings import from_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 BYTE = make_vocabulary("byte")
 NUM_TRAIN = 11
@@ -41,11 +45,13 @@ SPLITS = {"train": train_examples(), "test": [Example("t0", "test question", "an
 
 
 def make_config(**overrides) -> ConfigDict:
-    config = ConfigDict(
+    """configs/base.py with the fields these tests set (a run's config has every field)."""
+    config = load_config_file(CONFIGS / "base.py")
+    config.update(
         {
             "dataset": "jsonl",
             "data_source": "jsonl",
-            "data_dir": None,
+            "data_dir": "",
             "method": "step_by_step",
             "label_type": "gt",
             "train_fraction": 1.0,
@@ -63,17 +69,22 @@ def make_config(**overrides) -> ConfigDict:
     return config
 
 
+def prepare(config: ConfigDict, splits=SPLITS):
+    return prepare_data(from_config.data_spec(config), splits=splits)
+
+
 @pytest.fixture(scope="module")
 def prepared():
     """Tokenised once for the module: step_by_step on the byte vocabulary."""
-    return prepare_data(make_config(), splits=SPLITS)
+    return prepare(make_config())
 
 
 def iterator(prepared, **overrides):
     process = {k: overrides.pop(k) for k in ("process_index", "process_count") if k in overrides}
     process.setdefault("process_index", 0)
     process.setdefault("process_count", 1)
-    return make_train_iterator(make_config(**overrides), prepared=prepared, **process)
+    batching = from_config.batching_spec(make_config(**overrides))
+    return make_train_iterator(prepared, batching, **process)
 
 
 def take(it, count: int) -> list[dict[str, np.ndarray]]:
@@ -199,26 +210,19 @@ def test_given_host_rows_are_those_rows_of_the_global_batch(prepared, pack):
 def test_rows_come_from_the_batch_sharding_when_given(prepared):
     """One process holds every device, so it loads the whole batch on any mesh (the 2-process
     case is tests/test_multihost.py); rows must split over the data*fsdp shards."""
+    from sbsd_jax.train.partitioning import process_batch_rows
+
     whole = take(iterator(prepared), 2)
+    batching = from_config.batching_spec(make_config())
     for mesh in ({"data": 2, "fsdp": 4, "tensor": 1}, {"data": 1, "fsdp": 2, "tensor": 4}):
-        sharded = make_train_iterator(
-            make_config(), prepared=prepared, batch_sharding=batch_sharding(**mesh)
-        )
+        rows = process_batch_rows(batch_sharding(**mesh), 8)
+        sharded = make_train_iterator(prepared, batching, host_rows=rows)
         assert sharded.host_rows.tolist() == list(range(8))
         assert_batches_equal(take(sharded, 2), whole)
     with pytest.raises(ValueError, match="does not split over the 8 batch shards"):
-        make_train_iterator(
-            make_config(batch_size=3),
-            prepared=prepared,
-            batch_sharding=batch_sharding(data=1, fsdp=8, tensor=1),
-        )
+        process_batch_rows(batch_sharding(data=1, fsdp=8, tensor=1), 3 * 2)
     with pytest.raises(ValueError, match="not both"):
-        make_train_iterator(
-            make_config(),
-            prepared=prepared,
-            process_index=0,
-            batch_sharding=batch_sharding(data=1, fsdp=1, tensor=1),
-        )
+        make_train_iterator(prepared, batching, host_rows=range(8), process_index=0)
 
 
 @pytest.mark.parametrize("pack", [False, True])
@@ -249,7 +253,7 @@ def test_a_state_from_another_run_is_refused_with_the_reason(prepared):
         iterator(prepared, batch_size=2).set_state(state)
     with pytest.raises(IteratorStateError, match="pack: saved False, now True"):
         iterator(prepared, pack=True).set_state(state)
-    other_data = prepare_data(
+    other_data = prepare(
         make_config(), splits={"train": train_examples(tag="!"), "test": SPLITS["test"]}
     )
     with pytest.raises(IteratorStateError, match="tokenised training data differs"):
@@ -262,7 +266,7 @@ def test_a_state_from_another_run_is_refused_with_the_reason(prepared):
 
 def test_packed_rows_hold_several_sequences_and_keep_each_pair_in_one_batch():
     long_rows = {"max_input_length": 128, "max_target_length": 48}
-    prepared = prepare_data(make_config(**long_rows), splits=SPLITS)
+    prepared = prepare(make_config(**long_rows))
     it = iterator(prepared, pack=True, batch_size=2, **long_rows)
     order = np.concatenate([epoch_permutation(0, epoch, NUM_TRAIN) for epoch in range(3)])
     consumed = 0
@@ -304,7 +308,7 @@ def test_packed_batches_are_the_first_fit_layout_of_the_example_stream():
         "test": SPLITS["test"],
     }
     rows = {"max_input_length": 48, "max_target_length": 24}
-    prepared = prepare_data(make_config(**rows), splits=splits)
+    prepared = prepare(make_config(**rows), splits=splits)
     it = iterator(prepared, pack=True, batch_size=3, **rows)
     batch = next(it)
     lengths = []  # byte vocabulary: "predict: " / "explain: " + question bytes + EOS
@@ -326,13 +330,15 @@ def test_packed_batches_are_the_first_fit_layout_of_the_example_stream():
 
 
 def test_standard_and_cot_use_one_row_per_example_and_cot_skips_missing_rationales():
+    config = make_config(method="standard")
     standard = make_train_iterator(
-        make_config(method="standard"), splits=SPLITS, process_index=0, process_count=1
+        prepare(config), from_config.batching_spec(config), process_index=0, process_count=1
     )
     assert next(standard)["encoder_input_tokens"].shape == (4, 40)
     assert standard.examples_per_epoch == NUM_TRAIN
+    config = make_config(method="cot")
     cot = make_train_iterator(
-        make_config(method="cot"), splits=SPLITS, process_index=0, process_count=1
+        prepare(config), from_config.batching_spec(config), process_index=0, process_count=1
     )
     assert cot.examples_per_epoch == NUM_TRAIN - 1
     batch = next(cot)
@@ -345,7 +351,7 @@ def test_data_prepared_for_other_lengths_is_refused(prepared):
 
 
 def test_dataset_spec_comes_from_the_trainer_config():
-    spec = dataset_spec_from_config(
+    spec = from_config.dataset_spec(
         make_config(
             dataset="cqa",
             data_source="paper",

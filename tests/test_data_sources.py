@@ -481,8 +481,13 @@ def test_rationale_dir_jsonl_joins_by_id(tmp_path):
 
 
 def test_spec_from_trainer_config():
-    ml_collections = pytest.importorskip("ml_collections")
-    config = ml_collections.ConfigDict(
+    import pathlib
+
+    from sbsd_jax.experiments.config_files import load_config_file
+    from sbsd_jax.settings import from_config
+
+    config = load_config_file(pathlib.Path(__file__).parents[1] / "configs" / "base.py")
+    config.update(
         {
             "dataset": "svamp",
             "data_source": "paper",
@@ -494,7 +499,7 @@ def test_spec_from_trainer_config():
             "method": "cot",
         }
     )
-    spec = DatasetSpec.from_config(config)
+    spec = from_config.dataset_spec(config)
     assert (spec.dataset, spec.source, spec.data_dir, spec.label_type) == (
         "svamp",
         "paper",

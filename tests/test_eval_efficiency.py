@@ -20,6 +20,7 @@ from sbsd_jax.experiments.config_files import load_config_file
 from sbsd_jax.model.config import get_model_config
 from sbsd_jax.model.decode import compiled_decode_bytes, greedy_decode
 from sbsd_jax.model.t5 import T5
+from sbsd_jax.settings import from_config
 from sbsd_jax.train import loop
 from sbsd_jax.train import mesh as mesh_lib
 from sbsd_jax.train.step import build_train_program
@@ -88,7 +89,9 @@ def test_end_of_run_hook_writes_efficiency_and_reasoning_reports(tmp_path):
     config.mesh.update(data=1, fsdp=1, tensor=1)
     config.update(dataset="synthetic", eval_batch_size=4, max_input_length=64)
     config.eval_max_decode_length = 5
-    program = build_train_program(config, mesh_lib.make_mesh(config, jax.devices()[:1]))
+    spec = from_config.to_run_spec(config)
+    mesh = mesh_lib.make_mesh(spec.mesh, jax.devices()[:1])
+    program = build_train_program(spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules)
     params = program.init_fn(jax.random.key(0)).params
 
     generate = loop._make_generate(program, params)  # what the trainer passes
@@ -107,7 +110,15 @@ def test_end_of_run_hook_writes_efficiency_and_reasoning_reports(tmp_path):
         )
     }
     lines = run_reports.for_training_run(
-        config, program, params, {"test": EXAMPLES}, CODEC, results, generate, str(tmp_path)
+        loop._eval_settings(spec, full=True),
+        spec.evaluation.splits,
+        program,
+        params,
+        {"test": EXAMPLES},
+        CODEC,
+        results,
+        generate,
+        str(tmp_path),
     )
     saved = json.loads((tmp_path / "efficiency.json").read_text())
     assert saved["throughput_batch_size"] == 4 and saved["latency_seconds_per_example"] > 0

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from sbsd_jax.data import synthetic, synthetic_world
-from sbsd_jax.data.examples import DatasetSpec
 from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
 from sbsd_jax.data.sources import load_dataset_splits
 from sbsd_jax.experiments import demo
 from sbsd_jax.experiments.config_files import load_config_file
+from sbsd_jax.settings import from_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def world_splits(tmp_path_factory):
     config = load_config_file(demo.TASK_CONFIGS["world"])
     config.data_dir = str(tmp_path_factory.mktemp("world"))
     demo.write_task_data("world", config.data_dir, config)
-    return config, load_dataset_splits(DatasetSpec.from_config(config)).splits
+    return config, load_dataset_splits(from_config.dataset_spec(config)).splits
 
 
 def test_both_methods_get_the_same_question_at_test_time(world_splits) -> None:
@@ -104,14 +104,17 @@ def test_both_methods_train_on_the_same_examples_for_the_same_seed(world_splits)
     chosen = {}
     for method in demo.METHODS:
         member = demo.member_config(config, demo.Member(method, 0.5, seed=2))
-        prepared = member_train_set(prepare_data(member, splits=splits), member)
+        spec = from_config.to_run_spec(member)
+        prepared = member_train_set(prepare_data(spec.data, splits=splits), spec.data.dataset)
         chosen[method] = prepared.train_set.example_indices.tolist()
     assert chosen["standard"] == chosen["step_by_step"]
     assert 0.45 * len(splits["train"]) < len(chosen["standard"]) < 0.55 * len(splits["train"])
-    other = demo.member_config(config, demo.Member("standard", 0.5, seed=3))
+    other = from_config.to_run_spec(
+        demo.member_config(config, demo.Member("standard", 0.5, seed=3))
+    )
     assert (
         member_train_set(
-            prepare_data(other, splits=splits), other
+            prepare_data(other.data, splits=splits), other.data.dataset
         ).train_set.example_indices.tolist()
         != chosen["standard"]
     )
@@ -125,7 +128,7 @@ def test_no_test_question_occurs_in_training_for_either_task(tmp_path) -> None:
     for name, folder in ((synthetic.DATASET_NAME, "a"), (synthetic_world.DATASET_NAME, "w")):
         spec_config = config if name == "synthetic" else world
         spec_config.dataset, spec_config.data_dir = name, str(tmp_path / folder)
-        splits = load_dataset_splits(DatasetSpec.from_config(spec_config)).splits
+        splits = load_dataset_splits(from_config.dataset_spec(spec_config)).splits
         train = {e.input for e in splits["train"]} | {e.input for e in splits["valid"]}
         assert not train & {e.input for e in splits["test"]}, name
 

@@ -19,8 +19,9 @@ def make_run(
     seed: int,
     test: float,
     model: str = "t5_v1_1_tiny",
-    num_params: int = 1000,
-) -> None:
+    num_params: int | None = 1000,
+    efficiency: dict | None = None,
+) -> pathlib.Path:
     folder = root / model / method / f"frac_{fraction:g}" / f"seed_{seed}"
     folder.mkdir(parents=True)
     config = {
@@ -37,10 +38,31 @@ def make_run(
             "step": 20,
             "valid_accuracy": test - 0.01,
             "test_accuracy": test,
-            "num_params": num_params,
+            **({} if num_params is None else {"num_params": num_params}),
         },
     ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if efficiency is not None:  # what sbsd_jax.eval.efficiency writes
+        (folder / "efficiency.json").write_text(json.dumps(efficiency))
+    return folder
+
+
+def efficiency_json(parameters: int, latency_s: float, throughput: float) -> dict:
+    return {
+        "parameters": parameters,
+        "device": "cpu:cpu",
+        "compute_dtype": "float32",
+        "input_length": 112,
+        "max_decode_length": 8,
+        "latency_examples": 8,
+        "latency_seconds_per_example": latency_s,
+        "latency_batch_size": 1,
+        "throughput_batch_size": 64,
+        "throughput_examples_per_second": throughput,
+        "compiled_decode_bytes": 3 * 2**20,
+        "device_peak_bytes": None,
+        "device_peak_note": "this device keeps no memory statistics",
+    }
 
 
 @pytest.fixture
@@ -106,3 +128,60 @@ def test_reference_lines_round_trip_through_the_root(tmp_path) -> None:
     report.write_reference_lines(str(tmp_path), lines)
     assert report.read_reference_lines(str(tmp_path)) == lines
     assert report.read_reference_lines(str(tmp_path / "none")) == report.ReferenceLines()
+
+
+def test_efficiency_json_puts_accuracy_against_latency_and_size(tmp_path) -> None:
+    for seed, (accuracy, latency) in enumerate(((0.5, 0.004), (0.7, 0.006))):
+        make_run(
+            tmp_path,
+            "step_by_step",
+            1.0,
+            seed,
+            accuracy,
+            num_params=None,
+            efficiency=efficiency_json(886_528, latency, 150.0),
+        )
+    small = efficiency_json(77_000_000, 0.020, 40.0)
+    make_run(
+        tmp_path, "standard", 1.0, 0, 0.4, model="t5_v1_1_small", num_params=None, efficiency=small
+    )
+    make_run(tmp_path, "standard", 0.5, 0, 0.3, model="t5_v1_1_small")  # no efficiency.json
+    broken = make_run(tmp_path, "cot", 1.0, 0, 0.2)
+    (broken / "efficiency.json").write_text("{not json")  # ignored, not fatal
+
+    runs = {(r.method, r.train_fraction, r.seed): r for r in report.collect_runs(str(tmp_path))}
+    run = runs[("step_by_step", 1.0, 1)]
+    assert run.num_params == 886_528  # from efficiency.json when metrics.jsonl has none
+    assert run.latency_ms == pytest.approx(6.0) and run.inference_mib == pytest.approx(3.0)
+    assert run.throughput_examples_per_s == 150.0 and run.efficiency_device == "cpu:cpu"
+    assert (
+        runs[("standard", 0.5, 0)].latency_ms is None and runs[("cot", 1.0, 0)].latency_ms is None
+    )
+
+    lines = report.ReferenceLines(
+        teacher_accuracy=0.77, teacher_params=540e9, teacher_name="PaLM 540B"
+    )
+    files = report.write_report(str(tmp_path), lines=lines)
+    table = pathlib.Path(files.markdown).read_text()
+    assert "| step_by_step | t5_v1_1_tiny | 1 | 887K | 60.0 | 5.0 | 150.0 | 3.0 |" in table
+    assert "| standard | t5_v1_1_small | 1 | 77M | 40.0 | 20.0 | 40.0 | 3.0 |" in table
+    assert "| standard | t5_v1_1_small | 0.5 |" not in table.split("inference cost")[1]
+    assert "Reference: PaLM 540B, 540B parameters, 77.0%; the smallest student is 609,118x" in table
+    with open(files.csv) as handle:
+        csv_rows = {
+            (r["method"], r["train_fraction"], r["seed"]): r for r in csv.DictReader(handle)
+        }
+    assert float(csv_rows[("standard", "1.0", "0")]["latency_ms"]) == pytest.approx(20.0)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(files.latency_figure)
+    assert files.latency_figure.endswith("accuracy_vs_latency.png")
+    assert image.shape[0] > 200 and np.std(image[..., :3]) > 0.05
+    report.write_reference_lines(str(tmp_path), lines)
+    assert report.read_reference_lines(str(tmp_path)) == lines
+
+
+def test_no_efficiency_json_no_latency_table_or_figure(sweep_root) -> None:
+    files = report.write_report(str(sweep_root))
+    assert files.latency_figure is None and "inference cost" not in files.table
+    assert report.format_params(540e9) == "540B" and report.format_params(886_528) == "887K"

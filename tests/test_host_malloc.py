@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from sbsd_jax.train import host_malloc
-from sbsd_jax.train.host_malloc import (
+from sbsd_jax.runtime import host_malloc
+from sbsd_jax.runtime.host_malloc import (
     HUGE_PAGE_TUNABLE,
     ORIGINAL_TUNABLES_VAR,
     huge_page_tunables,
@@ -73,7 +73,7 @@ def test_children_get_the_environment_from_before_the_restart():
 RESTARTING_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {repo!r})
-from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
+from sbsd_jax.runtime.host_malloc import restart_with_huge_page_malloc
 print("started", os.getpid(), flush=True)
 restart_with_huge_page_malloc()
 print(json.dumps({{"argv": sys.argv[1:], "pid": os.getpid(),

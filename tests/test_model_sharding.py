@@ -83,12 +83,13 @@ def test_sharded_jitted_forward_matches_the_unsharded_one(mesh: Mesh, scan_layer
     graphdef, state = nnx.split(model)
     expected = jax.jit(lambda s, e, d: nnx.merge(graphdef, s)(e, d))(state, encoder, decoder)
 
-    specs = sharding.logical_param_specs(state, PARAM_RULES)
-    sharded_state = jax.device_put(state, sharding.named_shardings(mesh, specs))
+    sharded_state = jax.device_put(state, sharding.tree_shardings(state, mesh, PARAM_RULES))
     batch_sharding = NamedSharding(mesh, PartitionSpec("fsdp"))
 
+    activations = sharding.ActivationSharding(mesh, ACTIVATION_RULES)
+
     def forward(state, encoder, decoder):
-        with sharding.activation_rules(mesh, ACTIVATION_RULES):
+        with sharding.activation_sharding(activations):
             return nnx.merge(graphdef, state)(encoder, decoder)
 
     logits = jax.jit(

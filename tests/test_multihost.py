@@ -18,7 +18,6 @@ import concurrent.futures
 import json
 import os
 import pathlib
-import random
 import socket
 import subprocess
 import sys
@@ -26,60 +25,53 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tiny_run import REPO, tiny_fields, write_tiny_data
 
 from sbsd_jax.train.checkpointing import read_state_arrays
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multihost_worker.py"
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 4
 TOTAL_STEPS = 4
 RESUME_AT = 2
-TIMEOUT_S = 150
+# Generous: a loaded 2-core host (or pytest-xdist) runs these jobs several times slower.
+TIMEOUT_S = 600
 
 
 def tiny_run_config(data_dir: pathlib.Path, num_train_steps: int) -> dict[str, Any]:
-    return {
-        "dataset": "jsonl",
-        "data_source": "jsonl",
-        "data_dir": str(data_dir),
-        "label_type": "gt",
-        "method": "step_by_step",
-        "vocabulary": "byte",
-        "model": "t5_v1_1_tiny",
-        "model_overrides": {"vocab_size": 384, "dropout_rate": 0.1},
-        "compute_dtype": "float32",  # "auto" depends on the CPU; worker_env drops SBSD_*
-        "max_input_length": 16,
-        "max_target_length": 8,
-        "batch_size": 8,  # 16 rows (predict + explain): 8 per process, 2 per data shard
-        "learning_rate": 3e-3,
-        "lr_schedule": "constant",
-        "num_train_steps": num_train_steps,
-        "mesh": {"data": 2, "fsdp": 4, "tensor": 1},
-        "log_every": 1,
-        "eval_every": TOTAL_STEPS,
-        "checkpoint_every": RESUME_AT,
-        "keep_checkpoints": 5,
-        "eval_batch_size": 8,
-        "eval_max_decode_length": 4,
-        "eval_splits": ("valid",),
-    }
+    """tests/tiny_run.py's fields for this job, nested for the worker's CONFIG_JSON."""
+    fields = tiny_fields(
+        data_dir,
+        {
+            "vocabulary": "byte",
+            "model": "t5_v1_1_tiny",
+            "model_overrides.dropout_rate": 0.1,
+            "compute_dtype": "float32",  # "auto" depends on the CPU; worker_env drops SBSD_*
+            "max_input_length": 16,
+            "max_target_length": 8,
+            # 16 rows (predict + explain): 8 per process, 2 per data shard
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "num_train_steps": num_train_steps,
+            "mesh.data": 2,
+            "mesh.fsdp": 4,
+            "mesh.tensor": 1,
+            "log_every": 1,
+            "eval_every": TOTAL_STEPS,
+            "checkpoint_every": RESUME_AT,
+            "keep_checkpoints": 5,
+            "eval_splits": ("valid",),
+        },
+    )
+    config: dict[str, Any] = {}
+    for name, value in fields.items():
+        group, _, field = name.rpartition(".")
+        (config.setdefault(group, {}) if group else config)[field] = value
+    return config
 
 
 def write_data(data_dir: pathlib.Path) -> None:
-    data_dir.mkdir(parents=True)
-    rng = random.Random(0)
-    for split, count in (("train", 32), ("valid", 8), ("test", 8)):
-        with (data_dir / f"{split}.jsonl").open("w") as handle:
-            for index in range(count):
-                a, b = rng.randint(1, 9), rng.randint(1, 9)
-                row = {
-                    "id": f"{split}-{index}",
-                    "input": f"{a} plus {b}",
-                    "label": str(a + b),
-                    "rationale": f"{a}+{b}={a + b}",
-                }
-                handle.write(json.dumps(row) + "\n")
+    write_tiny_data(data_dir, train_examples=32, seed=0)
 
 
 def free_port() -> int:
@@ -189,13 +181,16 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     data_dir = root / "data"
     write_data(data_dir)
     full = tiny_run_config(data_dir, TOTAL_STEPS)
+    # The reference is compared on its state only: no decoding (it never touches the state).
+    reference = {**full, "eval_splits": ()}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # independent of the two-process job
+        single = pool.submit(launch, reference, root / "single", 1)
+        stopped = launch(tiny_run_config(data_dir, RESUME_AT), root / "two", NUM_PROCESSES)
+        resumed = launch(full, root / "two", NUM_PROCESSES)
     return {
-        "single": (root / "single", launch(full, root / "single", 1)),
-        "stopped": (
-            root / "two",
-            launch(tiny_run_config(data_dir, RESUME_AT), root / "two", NUM_PROCESSES),
-        ),
-        "resumed": (root / "two", launch(full, root / "two", NUM_PROCESSES)),
+        "single": (root / "single", single.result()),
+        "stopped": (root / "two", stopped),
+        "resumed": (root / "two", resumed),
     }
 
 

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import pytest
 from tiny_run import REPO, main_command, run_env, write_tiny_run
 
+from sbsd_jax.runtime.preemption import PreemptionWatcher
 from sbsd_jax.train import loop
 from sbsd_jax.train.checkpointing import read_state_arrays
-from sbsd_jax.train.preemption import PreemptionWatcher
 
 START_STEP = 0
 MIN_STEPS_BEFORE_SIGNAL = 3
@@ -31,10 +31,12 @@ MIN_STEPS_BEFORE_SIGNAL = 3
 def test_the_checkpoint_lands_within_two_steps_of_the_signal(tmp_path):
     config = write_tiny_run(
         tmp_path,
-        num_train_steps=100000,
-        checkpoint_every=100000,
-        log_every=100000,
-        batch_size=32,
+        {
+            "num_train_steps": 100000,
+            "checkpoint_every": 100000,
+            "log_every": 100000,
+            "batch_size": 32,
+        },
     )
     workdir = tmp_path / "run"
     # "training from step 0" comes once the step is compiled; the signal comes once a few
@@ -42,7 +44,7 @@ def test_the_checkpoint_lands_within_two_steps_of_the_signal(tmp_path):
     process = subprocess.Popen(
         main_command(config, workdir),
         cwd=REPO,
-        env=run_env(tmp_path),
+        env=run_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from rounding_noise import RoundingNoise
-from test_train_step_sharding import make_batch, tiny_config
+from test_train_step_sharding import build_program, make_batch, tiny_config
 
-from sbsd_jax.train import mesh as mesh_lib
+from sbsd_jax.settings import from_config
 from sbsd_jax.train import step as step_lib
 from sbsd_jax.train.ensemble import build_ensemble_program, member_params, stack_batches
 
@@ -22,8 +22,12 @@ STEPS = 3
 @functools.cache
 def single_program() -> step_lib.TrainProgram:
     """The trainer's own jitted step on one device (no dropout: the seed only picks the init)."""
-    config = tiny_config()
-    return step_lib.build_train_program(config, mesh_lib.make_mesh(config, jax.devices()[:1]))
+    return build_program(tiny_config(), jax.devices()[:1])
+
+
+def ensemble_of(config, num_members: int):
+    spec = from_config.to_run_spec(config)
+    return build_ensemble_program(spec.model, spec.optimizer, spec.step, num_members)
 
 
 def alone(seed: int, transform=lambda batch: batch):
@@ -38,7 +42,7 @@ def alone(seed: int, transform=lambda batch: batch):
 
 
 def test_each_member_takes_the_updates_it_would_take_alone() -> None:
-    program = build_ensemble_program(tiny_config(), len(SEEDS))
+    program = ensemble_of(tiny_config(), len(SEEDS))
     seeds = jnp.asarray(SEEDS, jnp.int32)
     state = program.init_fn(seeds)
     histories: list[list[dict]] = [[] for _ in SEEDS]
@@ -57,7 +61,7 @@ def test_each_member_takes_the_updates_it_would_take_alone() -> None:
 
 
 def test_members_with_different_seeds_are_different_students() -> None:
-    program = build_ensemble_program(tiny_config(), 2)
+    program = ensemble_of(tiny_config(), 2)
     state = program.init_fn(jnp.asarray([0, 1], jnp.int32))
     first, second = (jax.tree.leaves(member_params(state, i)) for i in range(2))
     assert any(not np.allclose(a, b) for a, b in zip(first, second, strict=True))
@@ -65,8 +69,8 @@ def test_members_with_different_seeds_are_different_students() -> None:
 
 def test_an_empty_or_accumulating_ensemble_is_refused() -> None:
     with pytest.raises(ValueError, match="num_members"):
-        build_ensemble_program(tiny_config(), 0)
+        ensemble_of(tiny_config(), 0)
     config = tiny_config()
     config.grad_accum_steps = 2
     with pytest.raises(ValueError, match="grad_accum_steps"):
-        build_ensemble_program(config, 2)
+        ensemble_of(config, 2)

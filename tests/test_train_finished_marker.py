@@ -10,8 +10,8 @@ import random
 import pytest
 
 from sbsd_jax.experiments.config_files import load_config_file
+from sbsd_jax.runtime.preemption import PreemptionWatcher
 from sbsd_jax.train import loop
-from sbsd_jax.train.preemption import PreemptionWatcher
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

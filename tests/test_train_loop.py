@@ -11,6 +11,8 @@ import numpy as np
 
 from sbsd_jax.experiments.config_files import load_config_file
 from sbsd_jax.model.hf_checkpoint import load_hf_t5
+from sbsd_jax.runtime.distributed import maybe_initialize_distributed
+from sbsd_jax.settings import from_config
 from sbsd_jax.train import loop
 from sbsd_jax.train import mesh as mesh_lib
 from sbsd_jax.train.checkpointing import Checkpointer, CheckpointPolicy
@@ -34,7 +36,9 @@ def _params(state) -> dict[str, np.ndarray]:
 
 def test_export_writes_the_best_validated_step_or_the_final_one(tmp_path):
     config = tiny_config()
-    program = build_train_program(config, mesh_lib.make_mesh(config, jax.devices()[:1]))
+    spec = from_config.to_run_spec(config)
+    mesh = mesh_lib.make_mesh(spec.mesh, jax.devices()[:1])
+    program = build_train_program(spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules)
     # Two different students: the better one (validated at step 1) and the last (step 6).
     best_state = program.init_fn(jax.random.key(1)).replace(step=np.int32(1))
     final_state = program.init_fn(jax.random.key(2)).replace(step=np.int32(6))
@@ -44,12 +48,14 @@ def test_export_writes_the_best_validated_step_or_the_final_one(tmp_path):
         checkpointer.wait_until_finished()
 
         config.export_hf_dir, config.export_which = str(tmp_path / "best"), "best"
-        assert loop._export(program, config, checkpointer, final_state) == (
+        export = from_config.checkpoint_spec(config)
+        assert loop._export(program, export, config.vocabulary, checkpointer, final_state) == (
             str(tmp_path / "best"),
             1,
         )
         config.export_hf_dir, config.export_which = str(tmp_path / "final"), "final"
-        assert loop._export(program, config, checkpointer, final_state)[1] == 6
+        export = from_config.checkpoint_spec(config)
+        assert loop._export(program, export, config.vocabulary, checkpointer, final_state)[1] == 6
 
     for folder, state in (("best", best_state), ("final", final_state)):
         _, exported, _ = load_hf_t5(tmp_path / folder)
@@ -66,17 +72,19 @@ def test_export_writes_the_best_validated_step_or_the_final_one(tmp_path):
 def test_config_changes_name_each_field_that_differs_from_the_saved_config():
     saved = tiny_config()
     config = tiny_config()
-    assert loop.config_changes(loop._config_json(saved), config) == []
+    assert (
+        loop.config_changes(from_config.config_json(saved), from_config.config_json(config)) == []
+    )
     config.num_train_steps = 20_000
     config.model_overrides.d_ff = 48
     config.mesh.tensor = 2
-    assert loop.config_changes(loop._config_json(saved), config) == [
+    assert loop.config_changes(from_config.config_json(saved), from_config.config_json(config)) == [
         "mesh.tensor: 1 -> 2",
         "model_overrides.d_ff: None -> 48",
         "num_train_steps: 10000 -> 20000",
     ]
-    assert loop.config_changes(None, config) == []  # a new run directory
-    assert loop.config_changes("{not json", config) == [
+    assert loop.config_changes(None, from_config.config_json(config)) == []  # a new run directory
+    assert loop.config_changes("{not json", from_config.config_json(config)) == [
         "config.json of the earlier run is not valid JSON"
     ]
 
@@ -96,10 +104,22 @@ def test_checkpoints_are_ranked_on_the_same_validation_examples_every_time():
     full = EvalResult("valid", 10, score("cqa", predictions, labels), records, 1.0)
     config = tiny_config()
     config.dataset = "cqa"
-    assert loop._checkpoint_metrics({"valid": full}, config)["valid_accuracy"] == 0.75
+    assert (
+        loop._checkpoint_metrics({"valid": full}, config.dataset, config.eval_max_examples)[
+            "valid_accuracy"
+        ]
+        == 0.75
+    )
     config.eval_max_examples = 2
-    assert loop._checkpoint_metrics({"valid": full}, config)["valid_accuracy"] == 0.5
-    assert loop._checkpoint_metrics({"test": full}, config) is None
+    assert (
+        loop._checkpoint_metrics({"valid": full}, config.dataset, config.eval_max_examples)[
+            "valid_accuracy"
+        ]
+        == 0.5
+    )
+    assert (
+        loop._checkpoint_metrics({"test": full}, config.dataset, config.eval_max_examples) is None
+    )
 
 
 def test_a_process_that_already_joined_its_job_does_not_join_again(monkeypatch):
@@ -113,4 +133,4 @@ def test_a_process_that_already_joined_its_job_does_not_join_again(monkeypatch):
     monkeypatch.setenv("SBSD_PROCESS_ID", "0")
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(jax.distributed, "initialize", initialize_again)
-    assert mesh_lib.maybe_initialize_distributed(tiny_config()) is True
+    assert maybe_initialize_distributed(from_config.distributed_spec(tiny_config())) is True

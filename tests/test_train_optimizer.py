@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 import sbsd_jax.model.sharding  # noqa: F401  (variables keep logical names as metadata only)
+from sbsd_jax.settings import from_config
 from sbsd_jax.train import optimizer as optimizer_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -95,7 +96,7 @@ def run_both(config: ml_collections.ConfigDict, steps: int = STEPS):
     final_norm = 1.0 + 0.1 * rng.normal(size=(128,))
     unscanned = unscanned_tree(layers, final_norm)
     scanned = scanned_tree(layers, final_norm)
-    optimizer = optimizer_lib.make_optimizer(config)
+    optimizer = optimizer_lib.make_optimizer(from_config.optimizer_spec(config))
     update = jax.jit(optimizer.update)
     unscanned_state, scanned_state = optimizer.init(unscanned), optimizer.init(scanned)
     history = []
@@ -224,7 +225,7 @@ def test_adamw_is_unaffected_by_stacking():
         assert_layers_match(unscanned_updates, scanned_updates)
     # Decoupled decay (x learning rate) on matrices; norm scales, stacked or not, never decayed.
     params = scanned_tree(layer_values(np.random.default_rng(0), LAYER_SCALES), np.ones(128))
-    optimizer = optimizer_lib.make_optimizer(config)
+    optimizer = optimizer_lib.make_optimizer(from_config.optimizer_spec(config))
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = jax.jit(optimizer.update)(zero, optimizer.init(params), params)
     assert not np.any(array(updates["layers"]["norm"]))

@@ -11,103 +11,41 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import random
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from tiny_run import REPO, main_command, run_env, write_tiny_run
 
+from sbsd_jax.runtime.preemption import PreemptionWatcher
 from sbsd_jax.train.checkpointing import read_state_arrays
-from sbsd_jax.train.preemption import PreemptionWatcher
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 24
 CHECKPOINT_EVERY = 4
-
-TINY_CONFIG = """
-import importlib.util
-
-def get_config():
-    spec = importlib.util.spec_from_file_location("sbsd_base_config", {base!r})
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.dataset = "jsonl"
-    config.data_source = "jsonl"
-    config.data_dir = {data_dir!r}
-    config.label_type = "gt"
-    config.method = "step_by_step"
-    config.model = "t5_tiny"
-    config.model_overrides.vocab_size = 384
-    config.model_overrides.dropout_rate = 0.1  # dropout keys must survive a resume too
-    config.max_input_length = 32
-    config.max_target_length = 16
-    config.batch_size = 8
-    config.learning_rate = 1e-3
-    config.lr_schedule = "constant"  # so a run to step k continues exactly into a run to n
-    config.num_train_steps = {num_steps}
-    config.log_every = 1
-    config.eval_every = 1000
-    config.eval_splits = ()  # no decoding: these tests are about the train state
-    config.checkpoint_every = {checkpoint_every}
-    config.eval_batch_size = 8
-    config.eval_max_decode_length = 4
-    return config
-"""
-
-
-def _write_fixture(root: pathlib.Path) -> pathlib.Path:
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True)
-    rng = random.Random(1)
-    for split, count in (("train", 40), ("valid", 8), ("test", 8)):
-        with (data_dir / f"{split}.jsonl").open("w") as handle:
-            for index in range(count):
-                a, b = rng.randint(1, 9), rng.randint(1, 9)
-                row = {
-                    "id": f"{split}-{index}",
-                    "input": f"{a} plus {b}",
-                    "label": str(a + b),
-                    "rationale": f"{a} + {b} = {a + b}",
-                }
-                handle.write(json.dumps(row) + "\n")
-    config_path = root / "resume_config.py"
-    config_path.write_text(
-        TINY_CONFIG.format(
-            base=str(REPO / "configs" / "base.py"),
-            data_dir=str(data_dir),
-            num_steps=NUM_STEPS,
-            checkpoint_every=CHECKPOINT_EVERY,
-        )
-    )
-    return config_path
+# Generous: under a loaded CI host (or pytest-xdist) a run takes several times its usual time.
+RUN_TIMEOUT_S = 600
 
 
 class Runs:
-    """Starts `python -m sbsd_jax.main` on the fixture config; all runs share a compile cache."""
+    """Starts `python -m sbsd_jax.main` on the fixture config (the session's compile cache)."""
 
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
-        self.config = _write_fixture(root)
-        self.env = dict(os.environ)
-        self.env.update(
-            JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        self.config = write_tiny_run(
+            root,
+            {
+                "model_overrides.dropout_rate": 0.1,  # dropout keys must survive a resume too
+                "num_train_steps": NUM_STEPS,
+                "log_every": 1,
+                "checkpoint_every": CHECKPOINT_EVERY,
+            },
         )
+        self.env = run_env()
 
     def command(self, workdir: pathlib.Path, *overrides: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "sbsd_jax.main",
-            f"--config={self.config}",
-            f"--workdir={workdir}",
-            *overrides,
-        ]
+        return main_command(self.config, workdir, *overrides)
 
     def run(self, workdir: pathlib.Path, *overrides: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -116,7 +54,7 @@ class Runs:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=RUN_TIMEOUT_S,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         return result
@@ -140,7 +78,7 @@ class Runs:
                 if line.startswith(f"step {at_step}/"):
                     process.send_signal(signum)
                     break
-            stdout, _ = process.communicate(timeout=120)
+            stdout, _ = process.communicate(timeout=RUN_TIMEOUT_S)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -265,7 +203,7 @@ def test_resuming_with_another_model_shape_is_refused_naming_arrays_and_fields(r
         env=runs.env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=RUN_TIMEOUT_S,
     )
     assert result.returncode == 2
     assert "was written for a different model or optimizer than this run's config" in result.stderr

@@ -18,6 +18,9 @@ from rounding_noise import RoundingNoise
 from sbsd_jax.data.features import TASK_LABEL, TASK_RATIONALE
 from sbsd_jax.model.hf_checkpoint import params_from_state, state_from_params
 from sbsd_jax.model.t5 import T5
+from sbsd_jax.runtime.distributed import maybe_initialize_distributed
+from sbsd_jax.settings import from_config
+from sbsd_jax.settings.spec import MeshShapeError
 from sbsd_jax.train import checkpointing, partitioning
 from sbsd_jax.train import mesh as mesh_lib
 from sbsd_jax.train import step as step_lib
@@ -46,6 +49,18 @@ def tiny_config(**mesh: int) -> ml_collections.ConfigDict:
     config.compute_dtype = "float32"
     config.mesh.update(mesh)
     return config
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices):
+    return mesh_lib.make_mesh(from_config.mesh_spec(config), devices)
+
+
+def build_program(config: ml_collections.ConfigDict, devices) -> step_lib.TrainProgram:
+    spec = from_config.to_run_spec(config)
+    mesh = make_mesh(config, devices)
+    return step_lib.build_train_program(
+        spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules
+    )
 
 
 def make_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
@@ -94,7 +109,7 @@ def make_batch(seed: int, rows: int = 8) -> dict[str, np.ndarray]:
 
 def train(program: step_lib.TrainProgram, transform=lambda batch: batch, steps: int = STEPS):
     """STEPS steps from the seed's initialisation on make_batch(0..), each `transform`ed."""
-    state = program.init_fn(jax.random.key(program.config.seed))
+    state = program.init_fn(jax.random.key(tiny_config().seed))
     losses = []
     for i in range(steps):
         batch = partitioning.host_local_to_global(transform(make_batch(i)), program.mesh)
@@ -104,7 +119,7 @@ def train(program: step_lib.TrainProgram, transform=lambda batch: batch, steps: 
 
 
 def run_steps(config: ml_collections.ConfigDict, devices, steps: int = STEPS):
-    program = step_lib.build_train_program(config, mesh_lib.make_mesh(config, devices))
+    program = build_program(config, devices)
     return (program, *train(program, steps=steps))
 
 
@@ -201,14 +216,14 @@ def test_gradient_accumulation_equals_the_full_batch_step(mesh_2x2x2_run, roundi
 
 def test_mesh_axes_fill_the_devices():
     config = tiny_config(data=2, fsdp=-1, tensor=2)
-    assert mesh_lib.resolve_mesh_shape(config.mesh, 8) == (2, 2, 2)
-    assert dict(mesh_lib.make_mesh(tiny_config(fsdp=-1), jax.devices()).shape) == {
+    assert from_config.mesh_spec(config).shape(8) == (2, 2, 2)
+    assert dict(make_mesh(tiny_config(fsdp=-1), jax.devices()).shape) == {
         "data": 1,
         "fsdp": 8,
         "tensor": 1,
     }
-    with pytest.raises(mesh_lib.MeshShapeError, match="16 devices but only 8"):
-        mesh_lib.resolve_mesh_shape(tiny_config(data=4, fsdp=4, tensor=1).mesh, 8)
+    with pytest.raises(MeshShapeError, match="16 devices but only 8"):
+        from_config.mesh_spec(tiny_config(data=4, fsdp=4, tensor=1)).shape(8)
 
 
 def test_adafactor_factored_moments_are_replicated_and_full_moments_follow_their_param():
@@ -216,7 +231,7 @@ def test_adafactor_factored_moments_are_replicated_and_full_moments_follow_their
     config = tiny_config(data=2, fsdp=2, tensor=2)
     config.optimizer = "adafactor"
     config.model_overrides.update(d_model=128, d_ff=256)  # >= 128 on both sides: factored
-    program = step_lib.build_train_program(config, mesh_lib.make_mesh(config, jax.devices()))
+    program = build_program(config, jax.devices())
     shapes = program.abstract_state.opt_state[1][0]  # (clip, adafactor)[0]: FactoredState
     shardings = program.state_shardings.opt_state[1][0]
 
@@ -250,9 +265,7 @@ def test_scanned_layers_train_like_unscanned_layers_with_adafactor(tmp_path):
         config.model_overrides.update(  # d_model, d_ff >= 128: MLP kernels factored
             num_encoder_layers=2, num_decoder_layers=2, d_model=128, d_ff=256
         )
-        programs[scan] = step_lib.build_train_program(
-            config, mesh_lib.make_mesh(config, jax.devices())
-        )
+        programs[scan] = build_program(config, jax.devices())
     plain, scanned = programs[False], programs[True]
     # Eager init (cheaper than compiling init_fn), then the same values in both layouts.
     start = params_from_state(T5(plain.model_config, rngs=nnx.Rngs(0)), plain.model_config)
@@ -322,11 +335,11 @@ def test_a_single_process_needs_no_distributed_initialisation(monkeypatch):
         "OMPI_COMM_WORLD_SIZE",
     ):
         monkeypatch.delenv(name, raising=False)
-    assert mesh_lib.maybe_initialize_distributed(tiny_config()) is False
+    assert maybe_initialize_distributed(from_config.distributed_spec(tiny_config())) is False
     config = tiny_config()
     config.distributed.coordinator_address = "10.0.0.1:1234"
     with pytest.raises(ValueError, match="needs the number of processes"):
-        mesh_lib.maybe_initialize_distributed(config)
+        maybe_initialize_distributed(from_config.distributed_spec(config))
 
 
 # -- Which batch rows each process loads ------------------------------------------------------
@@ -335,7 +348,7 @@ def test_a_single_process_needs_no_distributed_initialisation(monkeypatch):
 
 
 def batch_sharding_on(**mesh: int):
-    return partitioning.batch_sharding(mesh_lib.make_mesh(tiny_config(**mesh), jax.devices()))
+    return partitioning.batch_sharding(make_mesh(tiny_config(**mesh), jax.devices()))
 
 
 def rows_of_processes(sharding, num_rows: int, num_processes: int) -> list[tuple[int, int]]:
@@ -420,7 +433,7 @@ def test_a_process_may_hold_rows_that_are_apart_and_bad_batches_are_errors():
     with pytest.raises(ValueError, match="does not split over the 4 batch shards"):
         partitioning.process_batch_rows(sharding, 6)
     small = partitioning.batch_sharding(
-        mesh_lib.make_mesh(tiny_config(data=2, fsdp=1, tensor=1), jax.devices()[:2])
+        make_mesh(tiny_config(data=2, fsdp=1, tensor=1), jax.devices()[:2])
     )
     with pytest.raises(ValueError, match="none of this process's devices"):
         partitioning.process_batch_rows(small, 16, jax.devices()[4:])

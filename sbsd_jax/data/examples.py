@@ -8,8 +8,7 @@ needs to know which dataset it came from.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
@@ -120,7 +119,7 @@ def cqa_input(question: str, choices: list[str] | tuple[str, ...]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """What to load and how; built from the trainer config by `from_config`.
+    """What to load and how (a run builds it from its config in sbsd_jax.settings).
 
     dataset: one of KNOWN_DATASETS. source: one of SOURCE_KINDS.
     data_dir: paper layout root ({data_dir}/{dataset}/{dataset}_{split}.json), JSONL folder
@@ -179,21 +178,14 @@ class DatasetSpec:
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | Any) -> DatasetSpec:
-        """Reads the trainer's ConfigDict fields (dataset, data_source, data_dir, label_type,
-        train_fraction, subsample_seed, drop_unparseable, and optional hf_name, hf_config,
-        tfds_name, rationale_dir, rationale_source)."""
 
-        def get(name: str, default: Any = None) -> Any:
-            if isinstance(config, Mapping):
-                return config.get(name, default)
-            return getattr(config, name, default) if hasattr(config, name) else default
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What the training data is: which examples (dataset), which method's tasks, the
+    vocabulary ('byte', 'word' or a SentencePiece file) and the token lengths."""
 
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        kwargs = {
-            name: get(name, default)
-            for name, default in fields.items()
-            if name not in ("dataset", "source")
-        }
-        return cls(dataset=get("dataset"), source=get("data_source", "paper"), **kwargs)
+    dataset: DatasetSpec
+    method: str
+    vocabulary: str
+    max_input_length: int
+    max_target_length: int

@@ -34,6 +34,16 @@ DECODER_KEYS: tuple[str, ...] = (
 # Exactly the keys of every batch the pipeline yields (all int32 but decoder_loss_weights).
 BATCH_KEYS: tuple[str, ...] = ENCODER_KEYS + DECODER_KEYS
 FLOAT_BATCH_KEYS: frozenset[str] = frozenset({"decoder_loss_weights"})
+# The decoder-only (causal LM) batch: the decoder keys only, every array [rows, row length]
+# (layout in data/causal_lm.py), so train.loss.multitask_loss reads both contracts.
+CAUSAL_BATCH_KEYS: tuple[str, ...] = DECODER_KEYS
+# Batch contract per model layout (ModelFamily.batch_layout): the keys a train step reads.
+SEQ2SEQ_LAYOUT = "seq2seq"
+CAUSAL_LAYOUT = "causal"
+LAYOUT_BATCH_KEYS: dict[str, tuple[str, ...]] = {
+    SEQ2SEQ_LAYOUT: BATCH_KEYS,
+    CAUSAL_LAYOUT: CAUSAL_BATCH_KEYS,
+}
 
 PAD_ID = 0
 DECODER_START_ID = 0
@@ -113,6 +123,71 @@ def check_method(method: str) -> str:
 def tasks_per_example(method: str) -> int:
     """Rows each example contributes to an unpacked batch (2 for step_by_step)."""
     return len(METHOD_TASKS[check_method(method)])
+
+
+def batch_dtype(key: str) -> str:
+    """The dtype of a batch array: float32 loss weights, int32 everything else."""
+    return "float32" if key in FLOAT_BATCH_KEYS else "int32"
+
+
+def batch_shapes(
+    method: str, batch_size: int, max_input_length: int, max_target_length: int
+) -> dict[str, tuple[tuple[int, int], str]]:
+    """The batch contract: (shape, dtype) of every array of one global training batch (packed
+    or not): batch_size examples x tasks_per_example rows, encoder arrays at the input length,
+    decoder arrays at the target length. What the pipeline yields, the step reads and the
+    ahead-of-time compile lowers against."""
+    rows = batch_size * tasks_per_example(method)
+    shapes = {}
+    for key in BATCH_KEYS:
+        length = max_input_length if key in ENCODER_KEYS else max_target_length
+        shapes[key] = ((rows, length), batch_dtype(key))
+    return shapes
+
+
+def causal_batch_shapes(
+    method: str, batch_size: int, row_length: int
+) -> dict[str, tuple[tuple[int, int], str]]:
+    """The decoder-only batch contract (data/causal_lm.py): batch_size examples x tasks per
+    example rows of row_length slots, decoder keys only (packed or not)."""
+    rows = batch_size * tasks_per_example(method)
+    return {key: ((rows, row_length), batch_dtype(key)) for key in CAUSAL_BATCH_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingSpec:
+    """Everything besides the tokens that decides which training batches come out."""
+
+    batch_size: int  # global, in examples
+    max_input_length: int
+    max_target_length: int
+    pack: bool
+    seed: int
+    # > 0: decoder-only rows of this many slots (prompt + target + EOS per sequence, see
+    # data/causal_lm.py); 0: encoder-decoder rows at the input / target lengths.
+    row_length: int
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_input_length < 1 or self.max_target_length < 1:
+            raise ValueError("max_input_length and max_target_length must be >= 1")
+
+
+# Text formats of decoder-only rows (data/causal_lm.py): auto = chat when the tokenizer has a
+# chat template, else plain.
+DECODER_TEMPLATES: tuple[str, ...] = ("auto", "plain", "chat")
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalRowsSpec:
+    """How a decoder-only student's rows are made (data/causal_lm.py): the text template
+    ('auto' | 'plain' | 'chat'), the slots of a training row and the longest evaluation
+    prompt (tokens)."""
+
+    template: str
+    row_length: int
+    max_prompt_length: int
 
 
 def answer_cue(dataset: str) -> str:

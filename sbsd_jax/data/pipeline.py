@@ -15,14 +15,14 @@ an example always in the same batch); a batch takes as many examples as fit. The
 an epoch continues into the next epoch's permutation, so every batch has the same shape.
 
 Host sharding: each process materialises its rows of the global batch, `host_rows`
-(ascending; on a TPU pod not necessarily adjacent). With a mesh,
-make_train_iterator(batch_sharding=...) takes them from where the sharding puts the rows
-(partitioning.process_batch_rows): processes whose devices hold the same batch shards, as when
-the 'tensor' axis spans processes, load the same rows. Without one,
-process p of P gets [p * rows / P, (p + 1) * rows / P) (right when the batch is split over
-every process). Every process tokenises the whole training split and derives the same global
-layout from token lengths alone, then materialises only its own rows. The stream does not
-depend on the process layout, so a state saved on P processes can be restored on P' processes.
+(ascending; on a TPU pod not necessarily adjacent). The trainer derives them from where its
+batch sharding puts the rows (sbsd_jax.train.partitioning.process_batch_rows) and hands them to
+make_train_iterator: processes whose devices hold the same batch shards, as when the 'tensor'
+axis spans processes, load the same rows. Without them, process p of P gets
+[p * rows / P, (p + 1) * rows / P) (right when the batch is split over every process). Every
+process tokenises the whole training split and derives the same global layout from token
+lengths alone, then materialises only its own rows. The stream does not depend on the process
+layout, so a state saved on P processes can be restored on P' processes.
 """
 
 from __future__ import annotations
@@ -33,15 +33,30 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from sbsd_jax.data.examples import DatasetSpec, Example
+from sbsd_jax.data.causal_lm import (
+    CausalFormat,
+    as_columns,
+    assemble_causal_rows,
+    encode_split,
+    first_fit_causal_batch,
+    make_format,
+)
+from sbsd_jax.data.causal_lm import count_truncations as count_causal_truncations
+from sbsd_jax.data.examples import DataSpec, Example
 from sbsd_jax.data.feature_converter import assemble_rows, first_fit_batch
-from sbsd_jax.data.features import METHOD_TASKS, TASK_KINDS, check_method
+from sbsd_jax.data.features import (
+    METHOD_TASKS,
+    TASK_KINDS,
+    BatchingSpec,
+    CausalRowsSpec,
+    check_method,
+)
 from sbsd_jax.data.report import DataReport
-from sbsd_jax.data.sources import LoadedDataset, load_dataset_splits
+from sbsd_jax.data.sources import load_dataset_splits
 from sbsd_jax.data.tasks import (
     RegisteredTasks,
     register_tasks,
@@ -55,9 +70,6 @@ from sbsd_jax.data.truncation import (
     vocabulary_name,
 )
 from sbsd_jax.data.vocabulary import make_vocabulary
-
-if TYPE_CHECKING:
-    from jax.sharding import NamedSharding
 
 STATE_FORMAT = "sbsd_jax.train_iterator/1"
 
@@ -182,24 +194,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchingConfig:
-    """Everything besides the tokens that decides which batches come out."""
-
-    batch_size: int  # global, in examples
-    max_input_length: int
-    max_target_length: int
-    pack: bool
-    seed: int
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_input_length < 1 or self.max_target_length < 1:
-            raise ValueError("max_input_length and max_target_length must be >= 1")
-
-
-def rows_per_batch(train_set: TokenizedTrainSet, batching: BatchingConfig) -> int:
+def rows_per_batch(train_set: TokenizedTrainSet, batching: BatchingSpec) -> int:
     """Rows of every global batch: examples x tasks per example (packed batches too)."""
     return batching.batch_size * len(train_set.kinds)
 
@@ -218,7 +213,8 @@ def even_host_rows(num_rows: int, process_index: int, process_count: int) -> sli
 
 
 class TrainIterator:
-    """Infinite iterator of host-local numpy batches (keys: features.BATCH_KEYS).
+    """Infinite iterator of host-local numpy batches (keys: features.BATCH_KEYS, or for
+    decoder-only rows, batching.row_length > 0, features.CAUSAL_BATCH_KEYS).
 
     Each batch holds the global batch's rows `host_rows`: given (from the mesh, see
     make_train_iterator), or else this process's even share by process_index/process_count.
@@ -230,7 +226,7 @@ class TrainIterator:
     def __init__(
         self,
         train_set: TokenizedTrainSet,
-        batching: BatchingConfig,
+        batching: BatchingSpec,
         *,
         process_index: int = 0,
         process_count: int = 1,
@@ -265,6 +261,8 @@ class TrainIterator:
             "max_target_length": batching.max_target_length,
             "pack": batching.pack,
         }
+        if batching.row_length:  # decoder-only rows
+            self._config_summary["row_length"] = batching.row_length
         self._data_fingerprint = train_set.fingerprint()
         self.fingerprint = hashlib.sha256(
             (self._data_fingerprint + json.dumps(self._config_summary, sort_keys=True)).encode()
@@ -324,12 +322,19 @@ class TrainIterator:
                     for kind, example in sequences
                 ]
 
-        layout, taken = first_fit_batch(
-            stream_lengths(),
-            num_rows=self.rows_per_batch,
-            max_input_length=self.batching.max_input_length,
-            max_target_length=self.batching.max_target_length,
-        )
+        if self.batching.row_length:  # decoder-only: a sequence is its prompt + target
+            layout, taken = first_fit_causal_batch(
+                ([p + t for p, t in lengths] for lengths in stream_lengths()),
+                num_rows=self.rows_per_batch,
+                row_length=self.batching.row_length,
+            )
+        else:
+            layout, taken = first_fit_batch(
+                stream_lengths(),
+                num_rows=self.rows_per_batch,
+                max_input_length=self.batching.max_input_length,
+                max_target_length=self.batching.max_target_length,
+            )
         rows = [[taken_sequences[offset][index] for offset, index in row] for row in layout]
         return rows, taken
 
@@ -356,6 +361,15 @@ class TrainIterator:
                 targets.append(self.train_set.targets[kind][example])
                 task_ids.append(task_id_of_kind[kind])
             row_indices.append(indices)
+        if self.batching.row_length:  # decoder-only rows (data/causal_lm.py)
+            return assemble_causal_rows(
+                row_indices,
+                inputs,
+                targets,
+                task_ids,
+                row_length=self.batching.row_length,
+                num_rows=len(self.host_rows),
+            )
         return assemble_rows(
             row_indices,
             inputs,
@@ -426,129 +440,162 @@ class TrainIterator:
 
 
 # ----------------------------------------------------------------------------------------------
-# From the trainer config
-
-
-def _get(config: Any, name: str, default: Any = None) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(name, default)
-    return config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-
-
-def dataset_spec_from_config(config: Any) -> DatasetSpec:
-    """The one place the trainer config becomes a DatasetSpec (fields: dataset, data_source,
-    data_dir, label_type, train_fraction, subsample_seed, drop_unparseable, ...)."""
-    return DatasetSpec.from_config(config)
-
-
-def load_dataset(config: Any) -> LoadedDataset:
-    """Examples of every split plus data A's report (counts, parse failures, teacher accuracy)."""
-    return load_dataset_splits(dataset_spec_from_config(config))
+# From a DataSpec and a BatchingSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-    """Loaded examples, registered tasks and the tokenised training set of one config."""
+    """Loaded examples, registered tasks and the tokenised training set of one DataSpec."""
 
     splits: Mapping[str, Sequence[Example]]
-    registered: RegisteredTasks
+    registered: RegisteredTasks | None  # None for decoder-only rows (no SeqIO tasks)
     train_set: TokenizedTrainSet
     method: str
     max_input_length: int
     max_target_length: int
     report: DataReport | None = None  # None when the examples were passed in
+    causal_format: CausalFormat | None = None  # decoder-only: how texts become rows
+    row_length: int = 0  # decoder-only: slots of a training row
 
 
 def prepare_data(
-    config: Any, *, splits: Mapping[str, Sequence[Example]] | None = None
+    spec: DataSpec,
+    *,
+    splits: Mapping[str, Sequence[Example]] | None = None,
+    causal: CausalRowsSpec | None = None,
 ) -> PreparedData:
-    """Load (unless `splits` is given), register the tasks, tokenise the training split."""
-    method = check_method(_get(config, "method", "step_by_step"))
+    """Load spec.dataset (unless `splits` is given), register the tasks, tokenise the training
+    split; the data report (counts, parse failures, teacher accuracy, truncations) comes with
+    loaded data. `causal`: decoder-only rows instead (prepare_causal_data)."""
+    method = check_method(spec.method)
     report = None
     if splits is None:
-        loaded = load_dataset(config)
+        loaded = load_dataset_splits(spec.dataset)
         splits, report = loaded.splits, loaded.report
-    vocabulary_spec = _get(config, "vocabulary", "byte")
-    vocabulary = make_vocabulary(vocabulary_spec)
+    if causal is not None:
+        return prepare_causal_data(spec, causal, splits, report)
+    vocabulary = make_vocabulary(spec.vocabulary)
+    dataset = spec.dataset.dataset
     registered = register_tasks(
-        _get(config, "dataset"),
-        splits,
-        vocabulary,
-        name_suffix=registration_suffix(splits, vocabulary),
+        dataset, splits, vocabulary, name_suffix=registration_suffix(splits, vocabulary)
     )
-    max_input_length = int(_get(config, "max_input_length", 1024))
-    max_target_length = int(_get(config, "max_target_length", 256))
     if report is not None:
-        limits = LengthLimits(max_input_length, max_target_length)
-        counts = count_truncations(
-            _get(config, "dataset"), method, splits, vocabulary.encode, limits
-        )
-        report_truncations(report, counts, limits, vocabulary_name(vocabulary_spec))
+        limits = LengthLimits(spec.max_input_length, spec.max_target_length)
+        counts = count_truncations(dataset, method, splits, vocabulary.encode, limits)
+        report_truncations(report, counts, limits, vocabulary_name(spec.vocabulary))
     train_set = tokenize_train_set(
         registered,
         METHOD_TASKS[method],
-        max_input_length=max_input_length,
-        max_target_length=max_target_length,
+        max_input_length=spec.max_input_length,
+        max_target_length=spec.max_target_length,
     )
     return PreparedData(
         splits=splits,
         registered=registered,
         train_set=train_set,
         method=method,
-        max_input_length=max_input_length,
-        max_target_length=max_target_length,
+        max_input_length=spec.max_input_length,
+        max_target_length=spec.max_target_length,
         report=report,
     )
 
 
+def make_tokenizer(vocabulary: str) -> Any:
+    """A decoder-only student's tokenizer: a seqio vocabulary ('byte', a SentencePiece model),
+    else a Hugging Face tokenizer (a local folder or a hub id)."""
+    if vocabulary == "byte" or vocabulary.endswith(".model"):
+        return make_vocabulary(vocabulary)
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(vocabulary)
+
+
+def _causal_train_set(
+    fmt: CausalFormat, method: str, dataset: str, train: Sequence[Example], row_length: int
+) -> TokenizedTrainSet:
+    """The training split as decoder-only sequences: prompts where the T5 set keeps inputs,
+    targets (ending in EOS) where it keeps targets."""
+    sequences = encode_split(fmt, method, dataset, train, max_length=row_length)
+    columns = as_columns(sequences)
+    kinds = tuple(columns)
+    inputs = tuple(RaggedTokens.from_sequences(columns[kind][0]) for kind in kinds)
+    targets = tuple(RaggedTokens.from_sequences(columns[kind][1]) for kind in kinds)
+    has_sequence = np.zeros(len(train), dtype=bool)
+    for ragged in targets:
+        has_sequence |= ragged.lengths > 0
+    return TokenizedTrainSet(
+        kinds=kinds,
+        inputs=inputs,
+        targets=targets,
+        example_indices=np.flatnonzero(has_sequence).astype(np.int64),
+    )
+
+
+def prepare_causal_data(
+    spec: DataSpec,
+    causal: CausalRowsSpec,
+    splits: Mapping[str, Sequence[Example]],
+    report: DataReport | None,
+) -> PreparedData:
+    """Decoder-only rows (data/causal_lm.py): the method's tasks as prompt + target text in the
+    configured template; the report counts prompts longer than the evaluation limit and
+    training targets trimmed to the row."""
+    method, dataset = spec.method, spec.dataset.dataset
+    fmt = make_format(make_tokenizer(spec.vocabulary), causal.template)
+    if report is not None:
+        counts = count_causal_truncations(
+            fmt,
+            method,
+            dataset,
+            splits,
+            max_length=causal.row_length,
+            max_prompt_length=causal.max_prompt_length,
+        )
+        limits = LengthLimits(causal.max_prompt_length, causal.row_length)
+        report_truncations(report, counts, limits, vocabulary_name(spec.vocabulary))
+    return PreparedData(
+        splits=splits,
+        registered=None,
+        train_set=_causal_train_set(fmt, method, dataset, splits["train"], causal.row_length),
+        method=method,
+        max_input_length=spec.max_input_length,
+        max_target_length=spec.max_target_length,
+        report=report,
+        causal_format=fmt,
+        row_length=causal.row_length,
+    )
+
+
 def make_train_iterator(
-    config: Any,
+    prepared: PreparedData,
+    batching: BatchingSpec,
     *,
+    host_rows: slice | Sequence[int] | np.ndarray | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
-    prepared: PreparedData | None = None,
-    splits: Mapping[str, Sequence[Example]] | None = None,
-    batch_sharding: NamedSharding | None = None,
 ) -> TrainIterator:
-    """The host's share of the global batches for `config`.
+    """This host's share of the global batches of `prepared` (from prepare_data).
 
-    With `batch_sharding` (the train step's batch sharding) the host loads the rows its devices
-    hold (partitioning.process_batch_rows), right for any mesh; without it, an even split by
-    process_index/count (default jax.process_index()/jax.process_count()), right only when
-    the batch is split over every process. Pass `prepared` (from prepare_data) to reuse loaded
-    and tokenised data, or `splits` to train on in-memory examples."""
-    if batch_sharding is not None and (process_index is not None or process_count is not None):
-        raise ValueError("pass either batch_sharding or process_index/process_count, not both")
-    if batch_sharding is None and (process_index is None or process_count is None):
+    `host_rows`: the rows of each global batch this process loads, as the trainer derives them
+    from its mesh (sbsd_jax.train.partitioning.process_batch_rows; right for any mesh). Without
+    them, an even split by process_index/count (default jax.process_index()/process_count()),
+    right only when the batch is split over every process."""
+    if host_rows is not None and (process_index is not None or process_count is not None):
+        raise ValueError("pass either host_rows or process_index/process_count, not both")
+    prepared_for = (prepared.max_input_length, prepared.max_target_length, prepared.row_length)
+    wanted = (batching.max_input_length, batching.max_target_length, batching.row_length)
+    if prepared_for != wanted:
+        raise ValueError(
+            f"data was prepared for (max_input_length, max_target_length, row_length)="
+            f"{prepared_for}, the batching asks for {wanted}"
+        )
+    if host_rows is not None:
+        return TrainIterator(prepared.train_set, batching, host_rows=host_rows)
+    if process_index is None or process_count is None:
         import jax
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    if prepared is None:
-        prepared = prepare_data(config, splits=splits)
-    batching = BatchingConfig(
-        batch_size=int(_get(config, "batch_size")),
-        max_input_length=int(_get(config, "max_input_length", 1024)),
-        max_target_length=int(_get(config, "max_target_length", 256)),
-        pack=bool(_get(config, "pack", False)),
-        seed=int(_get(config, "seed", 0)),
-    )
-    prepared_for = (prepared.method, prepared.max_input_length, prepared.max_target_length)
-    wanted = (
-        _get(config, "method", "step_by_step"),
-        batching.max_input_length,
-        batching.max_target_length,
-    )
-    if prepared_for != wanted:
-        raise ValueError(
-            f"data was prepared for (method, max_input_length, max_target_length)={prepared_for}, "
-            f"the config asks for {wanted}"
-        )
-    if batch_sharding is not None:
-        from sbsd_jax.train.partitioning import process_batch_rows
-
-        host_rows = process_batch_rows(batch_sharding, rows_per_batch(prepared.train_set, batching))
-        return TrainIterator(prepared.train_set, batching, host_rows=host_rows)
     return TrainIterator(
         prepared.train_set, batching, process_index=process_index, process_count=process_count
     )

@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from sbsd_jax.data.examples import Example
+from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
 from sbsd_jax.eval.metrics import AccuracyReport, extract_label, is_correct, score
 from sbsd_jax.eval.predictions import PredictionRecord
 
@@ -32,6 +34,10 @@ LENGTH_QUANTUM = 64
 # [batch, max_decode_length] output tokens (0 after EOS): generate(tokens, max_decode_length).
 # The caller binds the model.
 GenerateFn = Callable[[np.ndarray, int], np.ndarray]
+# What evaluate decodes with, for any student: (examples, rationale task?, max_decode_length,
+# should_stop) -> the decoded text of each example's label (or explain) task prompt. T5:
+# `codec_outputs`; decoder-only students: sbsd_jax.eval.causal_outputs.
+OutputsFn = Callable[[Sequence[Example], bool, int, Callable[[], bool] | None], list[str]]
 
 
 class EvaluationInterrupted(Exception):
@@ -76,6 +82,22 @@ class TextCodec:
     decode: Callable[[Sequence[int]], str]
     label_input: Callable[[Example], str]
     rationale_input: Callable[[Example], str] | None = None
+
+
+def text_codec(vocabulary: Any, method: str) -> TextCodec:
+    """The codec of a run trained with `method` on `vocabulary` (anything with encode/decode,
+    e.g. a SeqIO vocabulary): the label task's input is the method's eval task, the explain
+    task's only for step_by_step."""
+    label_task = TASK_KINDS[METHOD_EVAL_TASK[method]]
+    explain = TASK_KINDS["explain"] if method == "step_by_step" else None
+    return TextCodec(
+        encode=lambda text: vocabulary.encode(text),
+        decode=lambda ids: vocabulary.decode(list(ids)),
+        label_input=lambda example: label_task.inputs({"input": example.input}),
+        rationale_input=(
+            (lambda example: explain.inputs({"input": example.input})) if explain else None
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,43 +177,57 @@ def decode_texts(
     return outputs
 
 
+def codec_outputs(codec: TextCodec, generate: GenerateFn, settings: EvalSettings) -> OutputsFn:
+    """The encoder-decoder OutputsFn: each task's input text encoded (+ EOS), then decoded."""
+
+    def outputs(
+        examples: Sequence[Example],
+        rationale: bool,
+        max_decode_length: int,
+        should_stop: Callable[[], bool] | None,
+    ) -> list[str]:
+        text_of = codec.rationale_input if rationale else codec.label_input
+        return decode_texts(
+            [text_of(e) for e in examples],
+            codec,
+            generate,
+            settings,
+            max_decode_length=max_decode_length,
+            should_stop=should_stop,
+        )
+
+    return outputs
+
+
 def evaluate(
     examples: Sequence[Example],
     *,
     split: str,
     step: int,
     settings: EvalSettings,
-    codec: TextCodec,
-    generate: GenerateFn,
+    codec: TextCodec | None = None,
+    generate: GenerateFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    outputs: OutputsFn | None = None,
+    has_rationale_task: bool | None = None,
 ) -> EvalResult:
     """Decodes and scores `examples`; returns the metrics and one record per example.
 
+    The decoding is `outputs` when given (decoder-only students), else `codec` + `generate`.
     Raises EvaluationInterrupted when `should_stop()` turns True between batches."""
     started = time.perf_counter()
     if settings.max_examples > 0:
         examples = examples[: settings.max_examples]
-    decoded = decode_texts(
-        [codec.label_input(e) for e in examples],
-        codec,
-        generate,
-        settings,
-        should_stop=should_stop,
-    )
+    if outputs is None:
+        outputs = codec_outputs(codec, generate, settings)
+        has_rationale_task = codec.rationale_input is not None
+    decoded = outputs(examples, False, settings.max_decode_length, should_stop)
     extracted = [extract_label(settings.method, settings.dataset, text) for text in decoded]
     predictions = [label for label, _ in extracted]
     rationales: list[str | None] = [rationale for _, rationale in extracted]
-    if settings.decode_rationales and codec.rationale_input is not None:
-        rationales = list(
-            decode_texts(
-                [codec.rationale_input(e) for e in examples],
-                codec,
-                generate,
-                settings,
-                max_decode_length=settings.rationale_max_decode_length,
-                should_stop=should_stop,
-            )
-        )
+    if settings.decode_rationales and has_rationale_task:
+        length = settings.rationale_max_decode_length or settings.max_decode_length
+        rationales = list(outputs(examples, True, length, should_stop))
     labels = [e.label for e in examples]
     report = score(settings.dataset, predictions, labels)
     records = [

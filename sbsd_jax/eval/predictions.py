@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from etils import epath
 
-from sbsd_jax.train.run_storage import is_url
+from sbsd_jax.runtime.run_storage import is_url
 
 
 @dataclasses.dataclass(frozen=True)

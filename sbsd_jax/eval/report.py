@@ -11,11 +11,16 @@ file of each split that holds decoded rationales (`--config.decode_rationales=Tr
 go into the run directory, as at the end of `sbsd_jax.main`. An export: `--inputs` is a JSONL
 file with an `input` field per line (a data file, or a run's predictions file); only the
 efficiency report is written, into `--out_dir` (default: the export folder).
+
+A run directory whose metrics.jsonl logs step times (`train_step_seconds`) also gets its
+measured training MFU (mfu.json, sbsd_jax.eval.mfu), on this machine's devices and chip kind
+unless `--train_chips=N` / `--train_chip=v5e` say what the run trained on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 
@@ -35,6 +40,12 @@ _MAX_INPUT = flags.DEFINE_integer("max_input_length", 1024, "With --hf_dir: inpu
 _MAX_DECODE = flags.DEFINE_integer("max_decode_length", 64, "With --hf_dir: output tokens.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "With --hf_dir: the throughput batch.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "With --hf_dir: where efficiency.json goes.")
+_TRAIN_CHIPS = flags.DEFINE_integer(
+    "train_chips", None, "With --workdir: devices the run trained on (default: its mesh here)."
+)
+_TRAIN_CHIP = flags.DEFINE_string(
+    "train_chip", None, "With --workdir: chip it trained on, for MFU's peak (v4, v5e, h100...)."
+)
 
 EXIT_USAGE = 2
 
@@ -67,24 +78,58 @@ def _run_config(workdir: str):
         config = ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as error:
         raise ReportError(f"{path}: invalid JSON ({error})") from error
-    config.mesh.update(data=1, fsdp=1, tensor=1)  # one device here, whatever trained it
     return config
+
+
+def _training_chips(mesh, devices: int) -> int:
+    """Devices the run trained on: --train_chips, else its mesh (a settings.spec.MeshSpec)
+    filled in with `devices`."""
+    from sbsd_jax.settings.spec import MeshShapeError
+
+    if _TRAIN_CHIPS.value is not None:
+        if _TRAIN_CHIPS.value < 1:
+            raise ReportError(f"--train_chips must be positive, got {_TRAIN_CHIPS.value}")
+        return _TRAIN_CHIPS.value
+    try:
+        return math.prod(mesh.shape(devices))
+    except MeshShapeError as error:
+        raise ReportError(
+            f"config.json's mesh on {devices} devices here: {error}; pass --train_chips=N"
+        ) from error
 
 
 def report_run(workdir: str, step: int | None) -> list[str]:
     config = _run_config(workdir)  # first: a wrong --workdir answers before JAX loads
+    chip = _TRAIN_CHIP.value
+    from sbsd_jax.model.flops import CHIP_PEAKS
+
+    if chip is not None and chip not in CHIP_PEAKS:
+        raise ReportError(f"--train_chip={chip}: not one of {', '.join(CHIP_PEAKS)}")
+    import dataclasses
+
     import jax
 
-    from sbsd_jax.data import pipeline
+    from sbsd_jax.data.sources import load_dataset_splits
     from sbsd_jax.data.vocabulary import make_vocabulary
+    from sbsd_jax.eval.evaluator import text_codec
     from sbsd_jax.eval.predictions import read_predictions
-    from sbsd_jax.eval.run_reports import for_training_run
+    from sbsd_jax.eval.run_reports import for_training_run, training_mfu_lines
+    from sbsd_jax.settings.from_config import to_run_spec
     from sbsd_jax.train import loop
     from sbsd_jax.train import mesh as mesh_lib
     from sbsd_jax.train.checkpointing import Checkpointer, CheckpointPolicy
     from sbsd_jax.train.step import build_train_program
 
-    program = build_train_program(config, mesh_lib.make_mesh(config, jax.devices()[:1]))
+    spec = to_run_spec(config)  # what the run trained with (its config.json, validated then)
+    chips = _training_chips(spec.mesh, jax.device_count())
+    one_device = dataclasses.replace(spec.mesh, data=1, fsdp=1, tensor=1)  # whatever trained it
+    program = build_train_program(
+        spec.model,
+        spec.optimizer,
+        spec.step,
+        mesh_lib.make_mesh(one_device, jax.devices()[:1]),
+        spec.mesh.rules,
+    )
     paths = loop.RunPaths.of(workdir)
     with Checkpointer(paths.checkpoints, CheckpointPolicy()) as checkpointer:
         chosen = (
@@ -93,8 +138,8 @@ def report_run(workdir: str, step: int | None) -> list[str]:
         if chosen is None or chosen not in checkpointer.all_steps():
             raise ReportError(f"{paths.checkpoints}: no checkpoint {'' if step is None else step}")
         params = checkpointer.restore(chosen, program.abstract_state_with_shardings).state.params
-    splits = pipeline.load_dataset(config).splits
-    codec = loop._text_codec(make_vocabulary(config.vocabulary), config.method)
+    splits = load_dataset_splits(spec.data.dataset).splits
+    codec = text_codec(make_vocabulary(spec.data.vocabulary), spec.data.method)
 
     class _Records:  # what for_training_run reads of an EvalResult
         def __init__(self, path: str) -> None:
@@ -103,8 +148,27 @@ def report_run(workdir: str, step: int | None) -> list[str]:
     results = {split: _Records(path) for split, path in _latest_predictions(workdir).items()}
     generate = loop._make_generate(program, params)
     lines = [f"{paths.workdir}: checkpoint step {chosen}"]
-    return lines + for_training_run(
-        config, program, params, splits, codec, results, generate, paths.workdir
+    settings = loop._eval_settings(spec, full=True)
+    lines += for_training_run(
+        settings,
+        spec.evaluation.splits,
+        program,
+        params,
+        splits,
+        codec,
+        results,
+        generate,
+        paths.workdir,
+    )
+    from sbsd_jax.eval.mfu import TrainStepShape
+
+    return lines + training_mfu_lines(
+        TrainStepShape.of_config(config),
+        program.model_config,
+        paths.workdir,
+        chips=chips,
+        device=jax.devices()[0],
+        chip=chip,
     )
 
 
@@ -167,7 +231,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("give exactly one of --workdir=RUN_DIR or --hf_dir=EXPORT_DIR")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO
-    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+    from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 
     apply_default_xla_flags()  # as sbsd_jax.main: the same compiled decode, the same memory
     try:

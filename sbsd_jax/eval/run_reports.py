@@ -5,6 +5,7 @@ on an existing run directory or Hugging Face export. Files:
   efficiency.json                  size, latency at batch 1, throughput, inference memory
   reasoning.json                   per split with decoded rationales: lengths, agreement, math
   reasoning_<split>.md             teacher and student rationales side by side for a sample
+  mfu.json                         measured MFU of training, from metrics.jsonl's step times
 Returns the lines the run summary prints.
 """
 
@@ -20,8 +21,8 @@ import numpy as np
 from etils import epath
 
 from sbsd_jax.data.examples import Example
-from sbsd_jax.eval import efficiency, reasoning
-from sbsd_jax.eval.evaluator import GenerateFn, TextCodec, encode_inputs
+from sbsd_jax.eval import efficiency, mfu, reasoning
+from sbsd_jax.eval.evaluator import EvalSettings, GenerateFn, TextCodec, encode_inputs
 from sbsd_jax.eval.predictions import PredictionRecord
 
 REASONING_FILE = "reasoning.json"
@@ -130,7 +131,8 @@ def report_lines(
 
 
 def for_training_run(
-    config: object,
+    settings: EvalSettings,
+    split_names: Sequence[str],
     program: object,
     params: object,
     splits: Mapping[str, Sequence[Example]],
@@ -139,26 +141,26 @@ def for_training_run(
     generate: GenerateFn,
     workdir: str,
 ) -> list[str]:
-    """Both reports at the end of `train_and_evaluate` (program: its TrainProgram; results:
-    the last EvalResult of each split); returns the summary lines. Nothing for a run without
+    """Both reports at the end of `train_and_evaluate` (settings: the run's full evaluation,
+    split_names: its eval splits; program: its TrainProgram; results: the last EvalResult of
+    each split); returns the summary lines. Nothing for a run without
     eval splits: it decodes nothing, so it measures nothing either."""
-    split = efficiency_split(tuple(config.eval_splits))
+    split = efficiency_split(tuple(split_names))
     if split is None or not splits.get(split):
         return []
-    from sbsd_jax.model import sharding as model_sharding
     from sbsd_jax.model.decode import compiled_decode_bytes
 
     def compiled_bytes(tokens: np.ndarray) -> int | None:
         global_tokens = jax.make_array_from_callback(
             tokens.shape, program.batch_sharding, lambda index: tokens[index]
         )
-        with model_sharding.activation_rules(program.mesh, program.rules):
-            return compiled_decode_bytes(
-                program.graphdef,
-                params,
-                global_tokens,
-                max_decode_length=int(config.eval_max_decode_length),
-            )
+        return compiled_decode_bytes(
+            program.graphdef,
+            params,
+            global_tokens,
+            max_decode_length=settings.max_decode_length,
+            activation_sharding=program.activation_sharding,
+        )
 
     is_primary = jax.process_index() == 0
     efficiency_report = write_efficiency(
@@ -168,9 +170,9 @@ def for_training_run(
         generate=generate,
         parameters=parameter_count(params),
         compute_dtype=str(program.model_config.dtype),
-        max_input_length=int(config.max_input_length),
-        max_decode_length=int(config.eval_max_decode_length),
-        batch_size=int(config.eval_batch_size),
+        max_input_length=settings.max_input_length,
+        max_decode_length=settings.max_decode_length,
+        batch_size=settings.batch_size,
         latency_batch_size=smallest_batch(program.batch_sharding),
         compiled_bytes=compiled_bytes,
         is_primary=is_primary,
@@ -178,5 +180,30 @@ def for_training_run(
     reasoning_reports = []
     if is_primary:
         records = {name: result.records for name, result in results.items()}
-        reasoning_reports = write_reasoning(workdir, config.dataset, records, splits)
+        reasoning_reports = write_reasoning(workdir, settings.dataset, records, splits)
     return report_lines(efficiency_report, reasoning_reports, workdir)
+
+
+def training_mfu_lines(
+    shape: mfu.TrainStepShape,
+    model_config: object,
+    workdir: str,
+    *,
+    chips: int,
+    device: jax.Device,
+    chip: str | None = None,
+) -> list[str]:
+    """Measured MFU of the run's training (sbsd_jax.eval.mfu) from the step times in its
+    metrics.jsonl on `chips` x `device` (its kind picks the published peak; `chip` names one
+    instead); writes mfu.json. Primary process only: it alone has metrics.jsonl."""
+    rows = mfu.read_metrics_rows(workdir)
+    if mfu.median_step_seconds(rows) is None:
+        return [
+            f"measured MFU: n/a ({epath.Path(workdir) / 'metrics.jsonl'} logs no "
+            f"{mfu.STEP_SECONDS_METRIC})"
+        ]
+    peak = mfu.device_peak(device, str(model_config.dtype), chip)
+    kind = chip or f"{device.platform}:{device.device_kind}"
+    report = mfu.measure(shape, model_config, rows, chips=chips, device=kind, peak=peak)
+    path = mfu.write_report(workdir, report)
+    return [f"measured MFU of training: {100 * report.mfu:.1f}%", report.table(), f"  mfu: {path}"]

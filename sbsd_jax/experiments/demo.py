@@ -35,9 +35,9 @@ import ml_collections
 from absl import app, flags, logging
 
 from sbsd_jax.experiments.config_files import load_config_file
-from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
-from sbsd_jax.train.jax_platforms import skip_absent_accelerators
-from sbsd_jax.train.xla_flags import apply_default_xla_flags
+from sbsd_jax.runtime.host_malloc import restart_with_huge_page_malloc
+from sbsd_jax.runtime.jax_platforms import skip_absent_accelerators
+from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 TASK_CONFIGS: dict[str, pathlib.Path] = {
@@ -199,17 +199,17 @@ def run_demo(
     workdir: str, task: str, members: Sequence[Member], config: ml_collections.ConfigDict
 ) -> tuple[list[MethodTiming], object]:
     """Data, vocabulary, every student, the report; returns the timings and the report files."""
-    from sbsd_jax.data.examples import DatasetSpec
     from sbsd_jax.data.sources import load_dataset_splits
     from sbsd_jax.data.vocabulary import WORD_VOCABULARY_SPEC, train_word_vocabulary
     from sbsd_jax.experiments import report as report_lib
     from sbsd_jax.experiments.demo_training import evaluate_members, train_members
+    from sbsd_jax.settings import from_config
 
     data_dir = os.path.join(workdir, "data")
     config = ml_collections.ConfigDict(config.to_dict())
     config.data_dir = data_dir
     write_task_data(task, data_dir, config)
-    loaded = load_dataset_splits(DatasetSpec.from_config(config))
+    loaded = load_dataset_splits(from_config.dataset_spec(config))
     print(loaded.report.format(), flush=True)
     splits = loaded.splits
     if config.vocabulary == WORD_VOCABULARY_SPEC:
@@ -221,19 +221,20 @@ def run_demo(
         method_members = [m for m in members if m.method == method]
         if not method_members:
             continue
-        configs = [member_config(config, m) for m in method_members]
-        trained = train_members(configs, splits)
+        # Each student's settings, validated once and typed (the vocabulary exists by now).
+        specs = [from_config.run_spec(member_config(config, m)) for m in method_members]
+        trained = train_members(specs, splits)
         timings.append(
             MethodTiming(
                 method,
-                len(configs),
+                len(specs),
                 trained.steps,
                 trained.compile_seconds,
                 trained.train_seconds,
                 trained.examples_per_step,
             )
         )
-        evaluate_members(trained, configs, splits, [m.workdir(workdir) for m in method_members])
+        evaluate_members(trained, specs, splits, [m.workdir(workdir) for m in method_members])
     teacher = loaded.report.splits["test"].teacher_accuracy
     floor, floor_name = task_floor(task, splits["train"], splits["test"])
     lines = report_lib.ReferenceLines(teacher_accuracy=teacher, floor=floor, floor_name=floor_name)

@@ -19,16 +19,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from sbsd_jax.data.examples import Example
-from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
+from sbsd_jax.data.examples import DatasetSpec, Example
 from sbsd_jax.data.pipeline import PreparedData, make_train_iterator, prepare_data
 from sbsd_jax.data.subsample import subsample_indices
-from sbsd_jax.eval.evaluator import EvalSettings, TextCodec, evaluate
+from sbsd_jax.eval.evaluator import EvalSettings, evaluate, text_codec
 from sbsd_jax.eval.predictions import predictions_path, write_predictions
 from sbsd_jax.model.decode import greedy_decode
+from sbsd_jax.settings.spec import RunSpec
 from sbsd_jax.train.ensemble import (
     EnsembleProgram,
     build_ensemble_program,
@@ -51,10 +50,11 @@ class TrainedMembers:
     final_losses: Mapping[str, np.ndarray]  # per student, last step
 
 
-def member_train_set(prepared: PreparedData, config: ml_collections.ConfigDict) -> PreparedData:
-    """`prepared` restricted to the student's subset of the training split."""
+def member_train_set(prepared: PreparedData, dataset: DatasetSpec) -> PreparedData:
+    """`prepared` restricted to the student's subset of the training split (its
+    train_fraction and subsample_seed)."""
     kept = subsample_indices(
-        len(prepared.splits["train"]), float(config.train_fraction), int(config.subsample_seed)
+        len(prepared.splits["train"]), dataset.train_fraction, dataset.subsample_seed
     )
     indices = np.intersect1d(prepared.train_set.example_indices, kept)
     return dataclasses.replace(
@@ -63,21 +63,24 @@ def member_train_set(prepared: PreparedData, config: ml_collections.ConfigDict) 
 
 
 def train_members(
-    configs: Sequence[ml_collections.ConfigDict], splits: Mapping[str, Sequence[Example]]
+    specs: Sequence[RunSpec], splits: Mapping[str, Sequence[Example]]
 ) -> TrainedMembers:
-    """Trains one student per config (same method and shapes, own seed and subset)."""
-    base = configs[0]
-    prepared = prepare_data(base, splits=splits)
+    """Trains one student per run spec (same method and shapes, own seed and subset)."""
+    base = specs[0]
+    prepared = prepare_data(base.data, splits=splits)
     iterators = [
         make_train_iterator(
-            config, prepared=member_train_set(prepared, config), process_index=0, process_count=1
+            member_train_set(prepared, spec.data.dataset),
+            spec.batching,
+            process_index=0,
+            process_count=1,
         )
-        for config in configs
+        for spec in specs
     ]
-    program = build_ensemble_program(base, len(configs))
-    seeds = jnp.asarray([int(config.seed) for config in configs], jnp.int32)
+    program = build_ensemble_program(base.model, base.optimizer, base.step, len(specs))
+    seeds = jnp.asarray([spec.step.seed for spec in specs], jnp.int32)
     state = program.init_fn(seeds)
-    steps = int(base.num_train_steps)
+    steps = base.loop.num_train_steps
     started = time.perf_counter()
     compile_seconds = 0.0
     metrics: dict[str, jax.Array] = {}
@@ -96,17 +99,8 @@ def train_members(
         steps=steps,
         compile_seconds=compile_seconds,
         train_seconds=time.perf_counter() - started,
-        examples_per_step=int(base.batch_size),
+        examples_per_step=base.batching.batch_size,
         final_losses={k: np.asarray(v) for k, v in jax.device_get(metrics).items()},
-    )
-
-
-def _codec(vocabulary: Any, method: str) -> TextCodec:
-    label_task = TASK_KINDS[METHOD_EVAL_TASK[method]]
-    return TextCodec(
-        encode=lambda text: vocabulary.encode(text),
-        decode=lambda ids: vocabulary.decode(list(ids)),
-        label_input=lambda example: label_task.inputs({"input": example.input}),
     )
 
 
@@ -114,27 +108,28 @@ def _num_params(params: Any) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
-def _eval_settings(config: ml_collections.ConfigDict) -> EvalSettings:
+def _eval_settings(spec: RunSpec) -> EvalSettings:
+    """Labels only (the explain task is never decoded here)."""
     return EvalSettings(
-        dataset=config.dataset,
-        method=config.method,
-        batch_size=int(config.eval_batch_size),
-        max_input_length=int(config.max_input_length),
-        max_decode_length=int(config.eval_max_decode_length),
+        dataset=spec.data.dataset.dataset,
+        method=spec.data.method,
+        batch_size=spec.evaluation.batch_size,
+        max_input_length=spec.data.max_input_length,
+        max_decode_length=spec.evaluation.max_decode_length,
     )
 
 
-def _write_run_files(workdir: str, config: ml_collections.ConfigDict, row: Mapping) -> None:
+def _write_run_files(workdir: str, spec: RunSpec, row: Mapping) -> None:
     """config.json and a one-row metrics.jsonl: what the report builder reads from any run."""
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
-        handle.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        handle.write(spec.config_json)
     with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as handle:
         handle.write(json.dumps(dict(row)) + "\n")
 
 
 def evaluate_members(
     trained: TrainedMembers,
-    configs: Sequence[ml_collections.ConfigDict],
+    specs: Sequence[RunSpec],
     splits: Mapping[str, Sequence[Example]],
     workdirs: Sequence[str],
     eval_splits: Sequence[str] = ("valid", "test"),
@@ -142,8 +137,8 @@ def evaluate_members(
     """Decodes each student on `eval_splits`; writes config.json, metrics.jsonl and predictions
     into its workdir; returns each student's metrics row."""
     rows = []
-    codec = _codec(trained.prepared.registered.vocabulary, configs[0].method)
-    for index, (config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
+    codec = text_codec(trained.prepared.registered.vocabulary, specs[0].data.method)
+    for index, (spec, workdir) in enumerate(zip(specs, workdirs, strict=True)):
         params = member_params(trained.state, index)
 
         def generate(tokens: np.ndarray, length: int, params: Any = params) -> np.ndarray:
@@ -160,12 +155,12 @@ def evaluate_members(
                 splits[split],
                 split=split,
                 step=trained.steps,
-                settings=_eval_settings(config),
+                settings=_eval_settings(spec),
                 codec=codec,
                 generate=generate,
             )
             row.update(result.metrics())
             write_predictions(predictions_path(workdir, split, trained.steps), result.records)
-        _write_run_files(workdir, config, row)
+        _write_run_files(workdir, spec, row)
         rows.append(row)
     return rows

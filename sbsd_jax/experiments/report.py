@@ -4,8 +4,10 @@ r"""Results of a sweep or the demo from its run directories: a table, a CSV and 
 
 Every run directory below DIR that holds a `config.json` and a `metrics.jsonl` (what
 sbsd_jax.main and the demo write) is one run: its method, model, training fraction and seed come
-from config.json, its accuracies from the last metrics row that has them. Runs that differ only
-in seed are one point: mean and standard deviation over seeds. Written to DIR:
+from config.json, its accuracies from the last metrics row that has them, its inference cost
+from `efficiency.json` when the run wrote one (sbsd_jax.main does, at the end of a run that
+evaluates). Runs that differ only in seed are one point: mean and standard deviation over
+seeds. Written to DIR:
 
   report.md                    the table (mean ± std and n per method x model x fraction)
   runs.csv                     one row per run
@@ -13,10 +15,14 @@ in seed are one point: mean and standard deviation over seeds. Written to DIR:
                                error bars over seeds, the teacher (and the floor) as lines
   accuracy_vs_model_size.png   when the runs hold more than one model: accuracy against model
                                parameters at the largest fraction, teacher as a line
+  accuracy_vs_latency.png      when runs have efficiency.json: accuracy against greedy-decoding
+                               latency per example, each point named with its parameters,
+                               the teacher's accuracy (and size, when given) as a line
 
 Nothing is trained: re-run it any time, e.g. while a sweep is still going. Reference lines (the
-teacher's accuracy, a floor such as the majority answer) come from flags or from
-DIR/reference_lines.json, which the demo writes.
+teacher's accuracy and size, a floor such as the majority answer) come from flags or from
+DIR/reference_lines.json, which the demo writes. The teacher's size is the reference for the
+students' (e.g. `--teacher_params=540e9 --teacher_name="PaLM 540B"`, the paper's teacher).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
+
+from sbsd_jax.eval.efficiency import EFFICIENCY_FILE
 
 REFERENCE_LINES_FILE = "reference_lines.json"
 METHOD_LABELS: dict[str, str] = {
@@ -51,6 +59,11 @@ class RunResult:
     step: int | None
     valid_accuracy: float | None
     test_accuracy: float | None
+    # From efficiency.json, when the run wrote one (None otherwise).
+    latency_ms: float | None = None  # greedy decoding, per example at batch 1
+    throughput_examples_per_s: float | None = None  # at the run's eval batch
+    inference_mib: float | None = None  # XLA memory analysis of the batch decode, per device
+    efficiency_device: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +75,9 @@ class Point:
     num_params: int | None
     train_fraction: float
     accuracies: tuple[float, ...]
+    latency_ms: float | None = None  # mean over the seeds' runs that measured it
+    throughput_examples_per_s: float | None = None
+    inference_mib: float | None = None
 
     @property
     def mean(self) -> float:
@@ -77,6 +93,8 @@ class ReferenceLines:
     teacher_accuracy: float | None = None
     floor: float | None = None
     floor_name: str = "floor"
+    teacher_params: float | None = None  # the teacher's size, the students' reference
+    teacher_name: str = "teacher"
 
 
 def _last_value(rows: Sequence[Mapping], name: str) -> tuple[int | None, float | None]:
@@ -84,6 +102,27 @@ def _last_value(rows: Sequence[Mapping], name: str) -> tuple[int | None, float |
         if row.get(name) is not None:
             return row.get("step"), float(row[name])
     return None, None
+
+
+def read_efficiency(workdir: str) -> dict[str, float | str | None]:
+    """RunResult's efficiency fields (and `parameters`) from workdir/efficiency.json; {} when
+    the run wrote none or it cannot be read."""
+    path = os.path.join(workdir, EFFICIENCY_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        latency = float(saved["latency_seconds_per_example"])
+        throughput = float(saved["throughput_examples_per_second"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    memory = saved.get("compiled_decode_bytes")
+    return {
+        "latency_ms": 1e3 * latency,
+        "throughput_examples_per_s": throughput,
+        "inference_mib": None if memory is None else float(memory) / 2**20,
+        "efficiency_device": str(saved.get("device", "?")),
+        "parameters": saved.get("parameters"),
+    }
 
 
 def read_run(workdir: str) -> RunResult | None:
@@ -99,6 +138,10 @@ def read_run(workdir: str) -> RunResult | None:
     step, test = _last_value(rows, "test_accuracy")
     _, valid = _last_value(rows, "valid_accuracy")
     _, num_params = _last_value(rows, "num_params")
+    measured = read_efficiency(workdir)
+    parameters = measured.pop("parameters", None)
+    if num_params is None and parameters is not None:
+        num_params = parameters
     return RunResult(
         workdir=workdir,
         method=str(config.get("method", "?")),
@@ -110,6 +153,7 @@ def read_run(workdir: str) -> RunResult | None:
         step=step,
         valid_accuracy=valid,
         test_accuracy=test,
+        **measured,
     )
 
 
@@ -122,6 +166,11 @@ def collect_runs(root: str) -> list[RunResult]:
             if run is not None:
                 runs.append(run)
     return runs
+
+
+def _mean_of(members: Sequence[RunResult], field: str) -> float | None:
+    values = [getattr(run, field) for run in members if getattr(run, field) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def aggregate(runs: Sequence[RunResult], split: str = "test") -> list[Point]:
@@ -139,6 +188,9 @@ def aggregate(runs: Sequence[RunResult], split: str = "test") -> list[Point]:
                 num_params=members[0].num_params,
                 train_fraction=fraction,
                 accuracies=tuple(getattr(run, f"{split}_accuracy") for run in members),
+                latency_ms=_mean_of(members, "latency_ms"),
+                throughput_examples_per_s=_mean_of(members, "throughput_examples_per_s"),
+                inference_mib=_mean_of(members, "inference_mib"),
             )
         )
     return points
@@ -169,6 +221,53 @@ def markdown_table(points: Sequence[Point], split: str, lines: ReferenceLines) -
         out.append(f"\nTeacher: {100 * lines.teacher_accuracy:.1f}%.")
     if lines.floor is not None:
         out.append(f"Floor ({lines.floor_name}): {100 * lines.floor:.1f}%.")
+    cost = efficiency_table(points, split, lines)
+    return "\n".join(out) + (f"\n\n{cost}" if cost else "")
+
+
+def format_params(count: float | None) -> str:
+    """1234567 -> '1.23M', 5.4e11 -> '540B'."""
+    if count is None:
+        return "n/a"
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return f"{count:g}"
+
+
+def efficiency_table(points: Sequence[Point], split: str, lines: ReferenceLines) -> str:
+    """Accuracy against size and inference cost, one row per point that measured it ('' when
+    none did); the teacher's size as the reference the students are measured against."""
+    measured = [p for p in points if p.latency_ms is not None]
+    if not measured:
+        return ""
+    out = [
+        f"{split} accuracy against inference cost (efficiency.json; mean over seeds)",
+        "",
+        "| method | model | train fraction | parameters | accuracy (%) | latency, ms per "
+        "example (batch 1) | throughput, examples/s | inference memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in sorted(measured, key=lambda p: (p.num_params or 0, p.method, p.train_fraction)):
+        throughput = p.throughput_examples_per_s
+        out.append(
+            f"| {p.method} | {p.model} | {p.train_fraction:g} | {format_params(p.num_params)} | "
+            f"{100 * p.mean:.1f} | {p.latency_ms:.1f} | "
+            + ("n/a" if throughput is None else f"{throughput:.1f}")
+            + " | "
+            + ("n/a" if p.inference_mib is None else f"{p.inference_mib:.1f}")
+            + " |"
+        )
+    if lines.teacher_params:
+        smallest = min((p.num_params for p in measured if p.num_params), default=None)
+        line = (
+            f"\nReference: {lines.teacher_name}, {format_params(lines.teacher_params)} parameters"
+        )
+        if lines.teacher_accuracy is not None:
+            line += f", {100 * lines.teacher_accuracy:.1f}%"
+        if smallest:
+            line += f"; the smallest student is {lines.teacher_params / smallest:,.0f}x smaller"
+        out.append(line + ".")
     return "\n".join(out)
 
 
@@ -191,6 +290,13 @@ def _axes():
     return plt, figure, axes
 
 
+def _teacher_label(lines: ReferenceLines) -> str:
+    name = "Teacher" if lines.teacher_name == "teacher" else f"Teacher {lines.teacher_name}"
+    size = f", {format_params(lines.teacher_params)} params" if lines.teacher_params else ""
+    accuracy = "" if lines.teacher_accuracy is None else f"{100 * lines.teacher_accuracy:.1f}%"
+    return f"{name} ({accuracy}{size})" if accuracy else f"{name} ({size[2:]})"
+
+
 def _reference(axes, lines: ReferenceLines) -> None:
     if lines.teacher_accuracy is not None:
         axes.axhline(
@@ -198,7 +304,7 @@ def _reference(axes, lines: ReferenceLines) -> None:
             color="black",
             linestyle="--",
             linewidth=1.2,
-            label=f"Teacher ({100 * lines.teacher_accuracy:.1f}%)",
+            label=_teacher_label(lines),
         )
     if lines.floor is not None:
         axes.axhline(
@@ -283,15 +389,55 @@ def plot_accuracy_vs_model_size(
     plt.close(figure)
 
 
+def plot_accuracy_vs_latency(
+    path: str, points: Sequence[Point], lines: ReferenceLines, split: str
+) -> None:
+    """Accuracy against greedy-decoding latency per example, one series per method, each point
+    named with its model's parameters; the teacher (with its size) as the reference line."""
+    plt, figure, axes = _axes()
+    measured = [p for p in points if p.latency_ms is not None]
+    for method in dict.fromkeys(p.method for p in measured):
+        members = sorted((p for p in measured if p.method == method), key=lambda p: p.latency_ms)
+        axes.errorbar(
+            [p.latency_ms for p in members],
+            [100 * p.mean for p in members],
+            yerr=[100 * p.std for p in members],
+            marker="o",
+            linestyle="none",
+            capsize=4,
+            label=METHOD_LABELS.get(method, method),
+        )
+        for p in members:
+            axes.annotate(
+                f"{format_params(p.num_params)}, {p.train_fraction:g}",
+                (p.latency_ms, 100 * p.mean),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    _reference(axes, lines)
+    if lines.teacher_accuracy is None and lines.teacher_params:  # no line to label: a note
+        axes.text(0.02, 0.98, _teacher_label(lines), transform=axes.transAxes, va="top")
+    if len({p.latency_ms for p in measured}) > 1:
+        axes.set_xscale("log")
+    axes.set_xlabel("Greedy-decoding latency per example, batch 1 (ms)")
+    axes.set_ylabel(f"{split.capitalize()} accuracy (%)")
+    axes.set_title("Accuracy vs inference latency (labels: parameters, data fraction)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
 def read_reference_lines(root: str) -> ReferenceLines:
     path = os.path.join(root, REFERENCE_LINES_FILE)
     if not os.path.isfile(path):
         return ReferenceLines()
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
-    return ReferenceLines(
-        **{k: v for k, v in payload.items() if k in ("teacher_accuracy", "floor", "floor_name")}
-    )
+    names = {field.name for field in dataclasses.fields(ReferenceLines)}
+    return ReferenceLines(**{k: v for k, v in payload.items() if k in names})
 
 
 def write_reference_lines(root: str, lines: ReferenceLines) -> None:
@@ -306,6 +452,7 @@ class ReportFiles:
     fraction_figure: str | None
     model_size_figure: str | None
     table: str
+    latency_figure: str | None = None
 
 
 def write_report(
@@ -325,14 +472,17 @@ def write_report(
         handle.write(table + "\n")
     csv_path = os.path.join(root, "runs.csv")
     write_runs_csv(csv_path, runs)
-    fraction_figure = model_figure = None
+    fraction_figure = model_figure = latency_figure = None
+    if any(p.latency_ms is not None for p in points):
+        latency_figure = os.path.join(root, "accuracy_vs_latency.png")
+        plot_accuracy_vs_latency(latency_figure, points, lines, split)
     if points:
         fraction_figure = os.path.join(root, "accuracy_vs_fraction.png")
         plot_accuracy_vs_fraction(fraction_figure, points, lines, split, title)
         if len({p.model for p in points}) > 1:
             model_figure = os.path.join(root, "accuracy_vs_model_size.png")
             plot_accuracy_vs_model_size(model_figure, points, lines, split)
-    return ReportFiles(markdown, csv_path, fraction_figure, model_figure, table)
+    return ReportFiles(markdown, csv_path, fraction_figure, model_figure, table, latency_figure)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -352,11 +502,13 @@ def main(argv: Sequence[str]) -> int:
         teacher_accuracy=_finite_or_none(args.teacher_accuracy) or stored.teacher_accuracy,
         floor=_finite_or_none(args.floor) or stored.floor,
         floor_name=stored.floor_name,
+        teacher_params=_finite_or_none(args.teacher_params) or stored.teacher_params,
+        teacher_name=args.teacher_name or stored.teacher_name,
     )
     files = write_report(args.root, split=args.split, lines=lines)
     print(files.table)
     print(f"\nreport: {files.markdown}\nruns:   {files.csv}")
-    for figure in (files.fraction_figure, files.model_size_figure):
+    for figure in (files.fraction_figure, files.model_size_figure, files.latency_figure):
         if figure:
             print(f"figure: {figure}")
     return 0
@@ -369,4 +521,6 @@ if __name__ == "__main__":
     flags.DEFINE_enum("split", "test", ["test", "valid"], "Which accuracy to report.")
     flags.DEFINE_float("teacher_accuracy", None, "Teacher's accuracy on the split (0-1).")
     flags.DEFINE_float("floor", None, "A floor to draw, e.g. the majority answer (0-1).")
+    flags.DEFINE_float("teacher_params", None, "Teacher's parameters, e.g. 540e9 (PaLM 540B).")
+    flags.DEFINE_string("teacher_name", None, "Teacher's name for the reference, e.g. PaLM 540B.")
     app.run(main)

@@ -218,11 +218,12 @@ def run_sweep(
     overrides: Mapping[str, str],
 ) -> list[tuple[Cell, float | None]]:
     """Trains the unfinished cells one after another in this process; returns the accuracies."""
-    from sbsd_jax.train.jax_platforms import skip_absent_accelerators
-    from sbsd_jax.train.xla_flags import apply_default_xla_flags
+    from sbsd_jax.runtime.jax_platforms import skip_absent_accelerators
+    from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 
     apply_default_xla_flags()  # no effect once JAX has started its backends
     skip_absent_accelerators()  # as sbsd_jax.main does
+    from sbsd_jax.settings.from_config import run_spec
     from sbsd_jax.train.loop import train_and_evaluate
 
     base = load_config_file(config_path)
@@ -234,7 +235,7 @@ def run_sweep(
             print(f"skip (finished): {workdir}", flush=True)
         else:
             print(f"run: {workdir}", flush=True)
-            train_and_evaluate(config, workdir)
+            train_and_evaluate(run_spec(config), workdir)  # validated once, then typed
         results.append((cell, final_test_accuracy(workdir, int(config.num_train_steps))))
     return results
 
@@ -248,9 +249,11 @@ def main(argv: Sequence[str]) -> int:
         cells = expand_grid(args.models, args.fractions, args.methods, init_checkpoints)
         overrides = parse_overrides(args.override)
         base = load_config_file(args.config)
-        for cell in cells:  # an override that the trainer would refuse fails here, at once
-            cell_config(base, cell, overrides)
-    except ValueError as error:
+        from sbsd_jax.settings.from_config import run_spec
+
+        for cell in cells:  # an override or value the trainer would refuse fails here, at once
+            run_spec(cell_config(base, cell, overrides), check_data=False)  # data: per cell
+    except ValueError as error:  # settings.spec.ConfigError is one
         print(f"sbsd_jax.experiments.sweep: {error}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -280,7 +283,7 @@ def describe_report(workdir_root: str, teacher_accuracy: float | None) -> str:
 
 
 if __name__ == "__main__":
-    from sbsd_jax.train.host_malloc import restart_with_huge_page_malloc
+    from sbsd_jax.runtime.host_malloc import restart_with_huge_page_malloc
 
     restart_with_huge_page_malloc()  # as sbsd_jax.main does
     _define_flags()

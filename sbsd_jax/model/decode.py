@@ -15,6 +15,9 @@ generic step showed on XLA:CPU (T5 v1.1-small, batch 64, 64 input tokens), and w
 * Per-layer caches travel as separate arrays, not stacked [layers, ...] arrays sliced and
   re-stacked around every step.
 Cross-attention keys and values are computed once from the encoder output, before the loop.
+After these, the step is ~80% dot kernels (`benchmarks/decode_profile.py`: the LM head alone a
+third) at about their standalone speed per CPU-second; one fused q|k|v or wi_0|wi_1 dot, or a
+[vocab, d_model] LM-head kernel, left its CPU time unchanged (48.7 vs 48.5 ms), so none is here.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sbsd_jax.model import sharding
 from sbsd_jax.model.t5 import T5, Block, attention_mask_bias, einsum
 
 Array = jax.Array
@@ -101,8 +105,23 @@ def _decoder_layers(model: T5) -> list[Block]:
     ]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_decode_length", "eos_id"))
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "max_decode_length", "eos_id", "activation_sharding")
+)
 def _greedy_decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    encoder_input_tokens: jax.Array,
+    max_decode_length: int,
+    eos_id: int,
+    activation_sharding: sharding.ActivationSharding | None = None,
+) -> jax.Array:
+    # The activation rules are a static argument: part of the cache key of the compiled decoder.
+    with sharding.activation_sharding(activation_sharding):
+        return _decode_loop(graphdef, state, encoder_input_tokens, max_decode_length, eos_id)
+
+
+def _decode_loop(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     encoder_input_tokens: jax.Array,
@@ -162,12 +181,14 @@ def greedy_decode(
     max_decode_length: int,
     state: nnx.State | None = None,
     eos_id: int = 1,
+    activation_sharding: sharding.ActivationSharding | None = None,
 ) -> jax.Array:
     """Greedy tokens int32 [B, max_decode_length] (no start token), 0 after each row's EOS.
 
     The model may also be given as `(graphdef, state)`. Padding (id 0) in
     `encoder_input_tokens` is masked. T5 vocabularies use EOS id 1; an eos_id no token has
-    (e.g. -1) decodes all max_decode_length tokens.
+    (e.g. -1) decodes all max_decode_length tokens. `activation_sharding` (mesh + rules, see
+    model/sharding.py) constrains the activations of a sharded decode; None leaves them to XLA.
     """
     if isinstance(model_or_graphdef, tuple):
         if state is not None:
@@ -186,7 +207,7 @@ def greedy_decode(
             f"greedy_decode: max_decode_length must be positive, got {max_decode_length}"
         )
     tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
-    return _greedy_decode(graphdef, state, tokens, max_decode_length, eos_id)
+    return _greedy_decode(graphdef, state, tokens, max_decode_length, eos_id, activation_sharding)
 
 
 def compiled_decode_bytes(
@@ -196,12 +217,13 @@ def compiled_decode_bytes(
     *,
     max_decode_length: int,
     eos_id: int = 1,
+    activation_sharding: sharding.ActivationSharding | None = None,
 ) -> int | None:
     """Bytes XLA's memory analysis gives for one compiled greedy decode of this batch, per
     device: arguments (parameters, inputs) + outputs not aliased to them + temporaries
     (caches, activations). None when the backend has no analysis."""
     compiled = _greedy_decode.lower(
-        graphdef, state, encoder_input_tokens, max_decode_length, eos_id
+        graphdef, state, encoder_input_tokens, max_decode_length, eos_id, activation_sharding
     ).compile()
     stats = compiled.memory_analysis()
     if stats is None:

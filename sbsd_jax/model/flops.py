@@ -4,10 +4,13 @@ A multiply-add is 2 FLOPs; a backward pass is twice its forward (so a train step
 forward). Counted: every projection, the LM head and the two attention products (q.k and
 weights.v, over the full lengths the compiled program computes); not counted: norms, softmax,
 activations, dropout, the optimizer (all O(params) or O(tokens), small beside the matmuls).
-Used to put XLA's own counts and measured step times next to the model's arithmetic.
+Used to put XLA's own counts and measured step times next to the model's arithmetic. The
+chips' published peaks live here too: MFU is this module's FLOPs over a step time and a peak.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from sbsd_jax.model.config import T5Config
 
@@ -65,3 +68,53 @@ def decode_flops(config: T5Config, batch: int, source_length: int, steps: int) -
         decoder_flops_per_token(config, step + 1, source_length) for step in range(steps)
     )
     return batch * (once + per_steps)
+
+
+def train_step_rows(method: str, batch_size: int, grad_accum_steps: int = 1) -> int:
+    """Sequences one optimizer step computes on: step_by_step puts a predict and an explain
+    sequence per example in the batch (packed batches hold as many rows), over every
+    micro-batch."""
+    return batch_size * (2 if method == "step_by_step" else 1) * grad_accum_steps
+
+
+def mfu(model_flops: float, step_seconds: float, chips: int, peak_flops_per_chip: float) -> float:
+    """Model FLOPs utilisation: the step's model FLOPs (all chips) over what `chips` chips at
+    `peak_flops_per_chip` FLOP/s could compute in `step_seconds`."""
+    if step_seconds <= 0 or chips <= 0 or peak_flops_per_chip <= 0:
+        raise ValueError(
+            f"mfu: step_seconds, chips and peak must be positive, got {step_seconds}, {chips}, "
+            f"{peak_flops_per_chip}"
+        )
+    return model_flops / (step_seconds * chips * peak_flops_per_chip)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipPeak:
+    """A chip's published dense bf16 peak and HBM bandwidth (vendor data sheets)."""
+
+    bf16_tflops: float
+    hbm_gb_per_s: float
+
+
+# Per chip (a TPU v4/v5p chip is its two TensorCores together; H100/H200: SXM, dense, no
+# sparsity). Sources: Cloud TPU system architecture pages, NVIDIA H100/H200 data sheets.
+CHIP_PEAKS: dict[str, ChipPeak] = {
+    "v4": ChipPeak(275.0, 1228.0),
+    "v5e": ChipPeak(197.0, 819.0),
+    "v5p": ChipPeak(459.0, 2765.0),
+    "v6e": ChipPeak(918.0, 1640.0),
+    "h100": ChipPeak(989.0, 3350.0),
+    "h200": ChipPeak(989.0, 4800.0),
+}
+_KIND_TO_CHIP = {"v4": "v4", "v5 lite": "v5e", "v5e": "v5e", "v5": "v5p", "v5p": "v5p"}
+_KIND_TO_CHIP |= {"v6 lite": "v6e", "v6e": "v6e", "h100": "h100", "h200": "h200"}
+
+
+def chip_for(device_kind: str, topology_name: str = "") -> str | None:
+    """CHIP_PEAKS key of libtpu's device_kind ('TPU v5 lite', 'NVIDIA H100 80GB HBM3', ...)
+    or of the topology name's prefix; None for a CPU or an unlisted chip."""
+    kind = device_kind.lower().removeprefix("tpu").removeprefix("nvidia").strip()
+    for name in (kind, kind.split()[0] if kind else "", topology_name.split(":")[0].lower()):
+        if name in _KIND_TO_CHIP:
+            return _KIND_TO_CHIP[name]
+    return None

@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sbsd_jax.train.run_storage import absolute_path
+from sbsd_jax.runtime.run_storage import absolute_path
 from sbsd_jax.train.state_fingerprint import differing, fingerprints, path_name
 
 STATE_ITEM = "state"

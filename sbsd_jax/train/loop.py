@@ -1,40 +1,40 @@
 """The train loop: build, resume, train, evaluate, checkpoint, export. One function to read.
 
-    train_and_evaluate(config, workdir)
+    train_and_evaluate(spec, workdir)          # spec: a RunSpec (or a config, resolved here)
 
-1. Validate the config (every group before any side effect, the mesh again once the devices
-   are known), join the other processes (multi-host), load and tokenise the data; only then
-   create the workdir, so bad flags or data files leave nothing behind.
+1. Settings: a RunSpec resolved once at the entry point (every config group validated before
+   any side effect; sbsd_jax.settings); join the other processes (multi-host), check the mesh
+   against the devices, load and tokenise the data; only then create the workdir, so bad flags
+   or data files leave nothing behind.
 2. Build the mesh and the compiled train program (sharded init + jitted step, from
-   sbsd_jax.train.step); the training iterator is deterministic and resumable.
+   sbsd_jax.train.step); the training iterator is deterministic and resumable and loads the
+   batch rows this process's devices hold.
 3. Resume from the newest committed checkpoint in <workdir>/checkpoints (state restored straight
-   into its shardings, data iterator moved to the saved position), else start from
-   config.init_checkpoint (a Hugging Face T5) or from scratch.
+   into its shardings, data iterator moved to the saved position), else start from the model's
+   init_checkpoint (a Hugging Face T5) or from scratch.
 4. Train. Step metrics stay on the device and are fetched every `log_every` steps only.
    Every `eval_every` steps: greedy-decode the eval splits, log accuracy, write predictions.
    Every `checkpoint_every` steps (and after each validation): an asynchronous checkpoint.
    SIGTERM: checkpoint this step and return (the process exits 0), also in the middle of an
-   evaluation (that step is saved as evaluation-pending and evaluated first on resume).
-5. At the end: evaluate every eval split (config.eval_splits, valid and test by default) on
-   all its examples, checkpoint, optionally export the best or
-   final student as a Hugging Face folder, write <workdir>/DONE (what a launcher watching the
-   run looks for), and say where everything is.
+   evaluation (that step is saved as evaluation-pending and evaluated first on resume). The
+   cadence and the stop rules are one object, loop_control.LoopControl.
+5. At the end: evaluate every eval split (valid and test by default) on all its examples,
+   checkpoint, optionally export the best or final student as a Hugging Face folder, write
+   <workdir>/DONE (what a launcher watching the run looks for), and say where everything is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import numpy as np
 from etils import epath
 
@@ -43,20 +43,27 @@ from sbsd_jax.eval.evaluator import (
     EvalResult,
     EvalSettings,
     EvaluationInterrupted,
+    OutputsFn,
     TextCodec,
+    codec_outputs,
     evaluate,
+    text_codec,
 )
 from sbsd_jax.eval.metrics import score
 from sbsd_jax.eval.predictions import predictions_path, write_predictions
-from sbsd_jax.train import config_validation
+from sbsd_jax.runtime.distributed import maybe_initialize_distributed
+from sbsd_jax.runtime.preemption import PreemptionWatcher
+from sbsd_jax.runtime.run_storage import absolute_path
+from sbsd_jax.settings.spec import CheckpointSpec, ConfigError, RunSpec
 from sbsd_jax.train import mesh as mesh_lib
+from sbsd_jax.train import partitioning
 from sbsd_jax.train.checkpointing import (
     CHECKPOINT_SUBDIR,
     Checkpointer,
     CheckpointPolicy,
     IncompatibleCheckpointError,
 )
-from sbsd_jax.train.config_validation import ConfigError
+from sbsd_jax.train.loop_control import LoopControl
 from sbsd_jax.train.metric_writers import (
     METRICS_FILE,
     TENSORBOARD_DIR,
@@ -64,8 +71,9 @@ from sbsd_jax.train.metric_writers import (
     ProgressBar,
     eval_summary,
 )
-from sbsd_jax.train.preemption import PreemptionWatcher
-from sbsd_jax.train.run_storage import absolute_path
+
+if TYPE_CHECKING:  # the data pipeline imports TensorFlow: only once the settings are checked
+    from sbsd_jax.data import pipeline
 
 __all__ = ["ConfigError", "RunSummary", "train_and_evaluate"]
 
@@ -187,98 +195,127 @@ def _bound_steps_in_flight(
 
 def _make_generate(program: Any, params: Any):
     """Host function: (padded numpy encoder tokens, output length) -> numpy output tokens,
-    decoded on the mesh (one compiled decoder per input shape and output length)."""
-    from sbsd_jax.model import sharding as model_sharding
-    from sbsd_jax.model.decode import greedy_decode
+    decoded on the mesh (one compiled decoder per input shape, output length and sharding)."""
+    greedy_decode = program.model_spec.family.greedy_decode
 
     def generate(tokens: np.ndarray, max_decode_length: int) -> np.ndarray:
         global_tokens = jax.make_array_from_callback(
             tokens.shape, program.batch_sharding, lambda index: tokens[index]
         )
-        with model_sharding.activation_rules(program.mesh, program.rules):
-            output = greedy_decode(
-                program.graphdef,
-                global_tokens,
-                state=params,
-                max_decode_length=max_decode_length,
-            )
+        output = greedy_decode(
+            program.graphdef,
+            global_tokens,
+            state=params,
+            max_decode_length=max_decode_length,
+            activation_sharding=program.activation_sharding,
+        )
         return _to_host(output)
 
     return generate
 
 
-def _text_codec(vocabulary: Any, method: str) -> TextCodec:
-    from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
+def _make_causal_generate(program: Any, params: Any):
+    """Host function for a decoder-only student: (left-padded prompts, segment ids, output
+    length) -> numpy output tokens, decoded on the mesh."""
+    greedy_decode = program.model_spec.family.greedy_decode
 
-    label_task = TASK_KINDS[METHOD_EVAL_TASK[method]]
-    explain = TASK_KINDS["explain"] if method == "step_by_step" else None
-    return TextCodec(
-        encode=lambda text: vocabulary.encode(text),
-        decode=lambda ids: vocabulary.decode(list(ids)),
-        label_input=lambda example: label_task.inputs({"input": example.input}),
-        rationale_input=(
-            (lambda example: explain.inputs({"input": example.input})) if explain else None
-        ),
-    )
+    def generate(tokens: np.ndarray, segments: np.ndarray, max_decode_length: int) -> np.ndarray:
+        def on_mesh(array: np.ndarray) -> jax.Array:
+            return jax.make_array_from_callback(
+                array.shape, program.batch_sharding, lambda index: array[index]
+            )
 
-
-def _eval_settings(config: ml_collections.ConfigDict, *, full: bool) -> EvalSettings:
-    return EvalSettings(
-        dataset=config.dataset,
-        method=config.method,
-        batch_size=int(config.eval_batch_size),
-        max_input_length=int(config.max_input_length),
-        max_decode_length=int(config.eval_max_decode_length),
-        decode_rationales=bool(config.decode_rationales),
-        # Rationales were trained at the target length; labels need only a few tokens.
-        rationale_max_decode_length=int(config.max_target_length),
-        max_examples=0 if full else int(config.eval_max_examples),
-    )
-
-
-def _run_evaluation(
-    *,
-    splits: Mapping[str, Sequence[Example]],
-    split_names: Sequence[str],
-    step: int,
-    params: Any,
-    full: bool,
-    config: ml_collections.ConfigDict,
-    program: Any,
-    codec: TextCodec,
-    paths: RunPaths,
-    logger: MetricsLogger,
-    progress: ProgressBar,
-    should_stop: Any,
-) -> dict[str, EvalResult]:
-    """Decodes every split, then writes metrics, predictions and summaries: an evaluation cut
-    short by `should_stop` (EvaluationInterrupted) leaves no trace, so resuming redoes it."""
-    settings = _eval_settings(config, full=full)
-    generate = _make_generate(program, params)
-    results: dict[str, EvalResult] = {}
-    for split in split_names:
-        results[split] = evaluate(
-            splits[split],
-            split=split,
-            step=step,
-            settings=settings,
-            codec=codec,
-            generate=generate,
-            should_stop=should_stop,
+        output = greedy_decode(
+            program.graphdef,
+            on_mesh(tokens),
+            state=params,
+            max_decode_length=max_decode_length,
+            prompt_segment_ids=on_mesh(segments),
         )
-    for split, result in results.items():
-        metrics = result.metrics()
-        metrics[f"{split}_eval_seconds"] = result.seconds
-        logger.write(step, metrics)
-        if jax.process_index() == 0:
-            write_predictions(predictions_path(paths.workdir, split, step), result.records)
-        progress.message(eval_summary(step, split, metrics, result.seconds))
-    logger.flush()
-    return results
+        return _to_host(output)
+
+    return generate
+
+
+def _outputs(
+    spec: RunSpec, program: Any, params: Any, codec: TextCodec | None, settings: EvalSettings
+) -> OutputsFn:
+    """How the student decodes an evaluation task: T5 from its encoded input, a decoder-only
+    student from its prompt (sbsd_jax.eval.causal_outputs)."""
+    if spec.causal is None:
+        return codec_outputs(codec, _make_generate(program, params), settings)
+    from sbsd_jax.eval.causal_outputs import causal_outputs
+
+    return causal_outputs(
+        codec,
+        method=spec.data.method,
+        dataset=spec.data.dataset.dataset,
+        generate=_make_causal_generate(program, params),
+        batch_size=settings.batch_size,
+        max_prompt_length=spec.causal.max_prompt_length,
+    )
+
+
+def _eval_settings(spec: RunSpec, *, full: bool) -> EvalSettings:
+    evaluation = spec.evaluation
+    return EvalSettings(
+        dataset=spec.data.dataset.dataset,
+        method=spec.data.method,
+        batch_size=evaluation.batch_size,
+        max_input_length=spec.data.max_input_length,
+        max_decode_length=evaluation.max_decode_length,
+        decode_rationales=evaluation.decode_rationales,
+        # Rationales were trained at the target length; labels need only a few tokens.
+        rationale_max_decode_length=spec.data.max_target_length,
+        max_examples=0 if full else evaluation.max_examples,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluator:
+    """Decodes every eval split of a run at a step and writes what an evaluation leaves."""
+
+    spec: RunSpec
+    splits: Mapping[str, Sequence[Example]]
+    program: Any
+    codec: Any  # TextCodec (T5) or the decoder-only CausalFormat
+    paths: RunPaths
+    logger: MetricsLogger
+    progress: ProgressBar
+    should_stop: Any
+    frozen: Any = None  # a LoRA student's frozen base (program.model_params merges it)
+
+    def __call__(self, *, step: int, params: Any, full: bool) -> dict[str, EvalResult]:
+        """Decodes every split, then writes metrics, predictions and summaries: an evaluation
+        cut short by `should_stop` (EvaluationInterrupted) leaves no trace, so resuming redoes
+        it."""
+        settings = _eval_settings(self.spec, full=full)
+        model_state = self.program.model_params(params, self.frozen)
+        outputs = _outputs(self.spec, self.program, model_state, self.codec, settings)
+        results: dict[str, EvalResult] = {}
+        for split in self.spec.evaluation.splits:
+            results[split] = evaluate(
+                self.splits[split],
+                split=split,
+                step=step,
+                settings=settings,
+                outputs=outputs,
+                has_rationale_task=self.spec.data.method == "step_by_step",
+                should_stop=self.should_stop,
+            )
+        for split, result in results.items():
+            metrics = result.metrics()
+            metrics[f"{split}_eval_seconds"] = result.seconds
+            self.logger.write(step, metrics)
+            if jax.process_index() == 0:
+                write_predictions(predictions_path(self.paths.workdir, split, step), result.records)
+            self.progress.message(eval_summary(step, split, metrics, result.seconds))
+        self.logger.flush()
+        return results
 
 
 def _checkpoint_metrics(
-    results: Mapping[str, EvalResult], config: ml_collections.ConfigDict
+    results: Mapping[str, EvalResult], dataset: str, max_examples: int
 ) -> dict[str, float] | None:
     """What ranks a step for keep_best / export best: its validation accuracy, always over the
     same examples (with eval_max_examples, the final full evaluation is scored on that prefix
@@ -287,65 +324,82 @@ def _checkpoint_metrics(
         return None
     result = results[VALID_SPLIT]
     report = result.report
-    limit = int(config.eval_max_examples)
-    if 0 < limit < len(result.records):
-        records = result.records[:limit]
-        report = score(config.dataset, [r.prediction for r in records], [r.label for r in records])
+    if 0 < max_examples < len(result.records):
+        records = result.records[:max_examples]
+        report = score(dataset, [r.prediction for r in records], [r.label for r in records])
     return {"valid_accuracy": report.primary, "valid_exact_match": report.accuracy}
 
 
-def _initial_state(program: Any, config: ml_collections.ConfigDict) -> Any:
-    """A fresh state: from a Hugging Face T5 (config.init_checkpoint) or random init."""
-    if config.init_checkpoint:
-        from sbsd_jax.model.hf_checkpoint import load_hf_t5
-
-        _, params, _ = load_hf_t5(config.init_checkpoint, dtype=config.param_dtype)
-        logging.info("initialised from %s", config.init_checkpoint)
+def _initial_state(program: Any, spec: RunSpec) -> Any:
+    """A fresh state: from a published checkpoint (the model's init_checkpoint, e.g. a Hugging
+    Face T5) or random init."""
+    checkpoint = spec.model.init_checkpoint
+    if checkpoint:
+        params = spec.model.family.load_pretrained(checkpoint, spec.model.param_dtype)
+        logging.info("initialised from %s", checkpoint)
         return program.init_from_params_fn(params)
-    return program.init_fn(jax.random.key(int(config.seed)))
+    return program.init_fn(jax.random.key(spec.step.seed))
+
+
+def _frozen_base(program: Any, spec: RunSpec) -> Any:
+    """A LoRA student's frozen base, rebuilt from what made it (never checkpointed): the
+    pretrained init_checkpoint or the seed; None for full training."""
+    if program.frozen is None:
+        return None
+    checkpoint = spec.model.init_checkpoint
+    if checkpoint:
+        params = spec.model.family.load_pretrained(checkpoint, spec.model.param_dtype)
+        return program.frozen.from_params(params)
+    return program.frozen.from_key(jax.random.key(spec.step.seed))
 
 
 def _export(
     program: Any,
-    config: ml_collections.ConfigDict,
+    export: CheckpointSpec,
+    vocabulary: str,
     checkpointer: Checkpointer,
     final_state: Any,
+    frozen: Any = None,
 ) -> tuple[str, int]:
-    """Writes the best (by validation accuracy) or final student as a Hugging Face folder;
-    returns the folder and the step exported."""
-    from sbsd_jax.model.hf_checkpoint import save_hf_t5
-
+    """Writes the best (by validation accuracy) or final student as a Hugging Face folder
+    (LoRA adapters merged into the base); returns the folder and the step exported."""
     params = final_state.params
     step = int(jax.device_get(final_state.step))
     best = checkpointer.best_step()
-    if config.export_which == "best" and best is not None and best != step:
+    if export.export_which == "best" and best is not None and best != step:
         restored = checkpointer.restore(best, program.abstract_state_with_shardings)
         params, step = restored.state.params, best
+    params = program.model_params(params, frozen)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         params = multihost_utils.process_allgather(params, tiled=True)
-    tokenizer = config.vocabulary if os.path.isfile(str(config.vocabulary)) else None
-    out_dir = os.path.abspath(config.export_hf_dir)
+    tokenizer = vocabulary if os.path.isfile(vocabulary) else None
+    extra = {}
+    if program.model_spec.family.causal and os.path.isdir(vocabulary):  # a HF tokenizer
+        from sbsd_jax.model.decoder_only.hf_checkpoint import tokenizer_files_in
+
+        extra["tokenizer_files"] = tokenizer_files_in(vocabulary)
+    out_dir = os.path.abspath(export.export_hf_dir)
     if jax.process_index() == 0:
-        save_hf_t5(
+        program.model_spec.family.save_pretrained(
             jax.device_get(params),
             program.model_config,
             out_dir,
             tokenizer_file=tokenizer,
-            byte_vocabulary=config.vocabulary == "byte",
+            byte_vocabulary=vocabulary == "byte",
+            **extra,
         )
     return out_dir, step
 
 
-def _config_json(config: ml_collections.ConfigDict) -> str:
-    return config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-
-
-def _write_config(config: ml_collections.ConfigDict, path: str) -> None:
-    """config.json next to the checkpoints (through epath: the workdir may be gs://...)."""
+def _write_config(config_json: str | Any, path: str) -> None:
+    """config.json next to the checkpoints (through epath: the workdir may be gs://...).
+    `config_json`: the RunSpec's config_json, or a config (anything with to_json_best_effort)."""
+    if not isinstance(config_json, str):
+        config_json = config_json.to_json_best_effort(indent=2, sort_keys=True) + "\n"
     if jax.process_index() == 0:
-        epath.Path(path).write_text(_config_json(config), encoding="utf-8")
+        epath.Path(path).write_text(config_json, encoding="utf-8")
 
 
 def _flat_fields(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -357,7 +411,7 @@ def _flat_fields(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
-def config_changes(previous_json: str | None, config: ml_collections.ConfigDict) -> list[str]:
+def config_changes(previous_json: str | None, current_json: str) -> list[str]:
     """'field: old -> new' for every field that differs from a run's saved config.json."""
     if previous_json is None:
         return []
@@ -365,7 +419,7 @@ def config_changes(previous_json: str | None, config: ml_collections.ConfigDict)
         previous = _flat_fields(json.loads(previous_json))
     except json.JSONDecodeError:
         return ["config.json of the earlier run is not valid JSON"]
-    current = _flat_fields(json.loads(_config_json(config)))
+    current = _flat_fields(json.loads(current_json))
 
     def shown(fields: dict[str, Any], name: str) -> str:
         return repr(fields[name]) if name in fields else "(absent)"
@@ -411,52 +465,107 @@ def _read_text(path: str) -> str | None:
 # The loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunSummary:
-    """Trains config.num_train_steps steps (resuming from workdir), evaluates, exports."""
+def train_and_evaluate(run: RunSpec | Any, workdir: str) -> RunSummary:
+    """Trains run.loop.num_train_steps steps (resuming from workdir), evaluates, exports.
+
+    `run`: a RunSpec from the entry point, or an ml_collections config, which is validated
+    and converted here first (sbsd_jax.settings.from_config.run_spec)."""
     with contextlib.ExitStack() as cleanup:
         # First thing: a SIGTERM during start-up (data, compilation) must not kill the run.
         # Hosts compare their flags every step (a small collective; none on one host), so the
         # stop lands within two steps of the signal on every host.
         watcher = cleanup.enter_context(PreemptionWatcher(sync_every=1))
-        return _train_and_evaluate(config, workdir, watcher, cleanup)
+        if not isinstance(run, RunSpec):
+            from sbsd_jax.settings.from_config import run_spec
+
+            run = run_spec(run)  # every group, before any side effect and before TensorFlow
+        return _train_and_evaluate(run, workdir, watcher, cleanup)
 
 
-def _train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    watcher: PreemptionWatcher,
-    cleanup: contextlib.ExitStack,
-) -> RunSummary:
-    # 1. Config (every group, before any side effect), processes, data, then the workdir: bad
-    # flags or bad data files stop the run before anything is written or compiled.
-    config_validation.validate(config, None)  # first: answers before TensorFlow is imported
+@dataclasses.dataclass
+class _Started:
+    """What the start of a run built: data, program, iterator, checkpoints, state."""
+
+    paths: RunPaths
+    prepared: pipeline.PreparedData
+    program: Any
+    train_iterator: pipeline.TrainIterator
+    checkpointer: Checkpointer
+    state: Any
+    restored: Any
+    changes: list[str]
+    frozen: Any = None  # LoRA: the frozen base the step and evaluation take
+
+
+def _start(spec: RunSpec, workdir: str, cleanup: contextlib.ExitStack) -> _Started:
+    """Processes, devices, data, then the workdir, the program and the resume point: bad flags
+    or bad data files stop the run before anything is written or compiled."""
     from sbsd_jax.data import pipeline
-    from sbsd_jax.train.partitioning import host_local_to_global
     from sbsd_jax.train.step import build_train_program
 
-    mesh_lib.maybe_initialize_distributed(config)
-    config_validation.validate(config, jax.device_count(), jax.process_count())
-    prepared = pipeline.prepare_data(config)
+    maybe_initialize_distributed(spec.distributed)
+    spec.check_devices(jax.device_count(), jax.process_count())
+    prepared = _prepare_data(spec)
     if prepared.report is not None and jax.process_index() == 0:
         print(prepared.report.format(), flush=True)
     paths = RunPaths.of(workdir)
     epath.Path(paths.workdir).mkdir(parents=True, exist_ok=True)
 
-    # 2. Mesh, compiled program, this process's data iterator.
-    mesh = mesh_lib.make_mesh(config)
-    program = build_train_program(config, mesh)
+    mesh = mesh_lib.make_mesh(spec.mesh)
+    program = build_train_program(spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules)
     # This process loads the batch rows its devices hold (shared when 'tensor' spans hosts).
-    train_iterator = pipeline.make_train_iterator(
-        config, prepared=prepared, batch_sharding=program.batch_sharding
-    )
-    codec = _text_codec(prepared.registered.vocabulary, config.method)
+    rows = pipeline.rows_per_batch(prepared.train_set, spec.batching)
+    host_rows = partitioning.process_batch_rows(program.batch_sharding, rows)
+    train_iterator = pipeline.make_train_iterator(prepared, spec.batching, host_rows=host_rows)
 
-    # 3. Resume or start.
     policy = CheckpointPolicy(
-        keep_last=int(config.keep_checkpoints), keep_best=1 if config.keep_best else 0
+        keep_last=spec.checkpointing.keep, keep_best=1 if spec.checkpointing.keep_best else 0
     )
     checkpointer = cleanup.enter_context(Checkpointer(paths.checkpoints, policy))
-    changes = config_changes(_read_text(paths.config), config)
+    changes = config_changes(_read_text(paths.config), spec.config_json)
+    restored = _restore(checkpointer, program, train_iterator, paths, changes)
+    state = restored.state if restored is not None else _initial_state(program, spec)
+    frozen = _frozen_base(program, spec)
+    _write_config(spec.config_json, paths.config)  # only now: a refused resume keeps the old one
+    _clear_finished_marker(paths)
+    return _Started(
+        paths, prepared, program, train_iterator, checkpointer, state, restored, changes, frozen
+    )
+
+
+def _prepare_data(spec: RunSpec) -> pipeline.PreparedData:
+    """The run's data; a decoder-only prompt that cannot fit its row is a config problem."""
+    from sbsd_jax.data import pipeline
+    from sbsd_jax.data.causal_lm import PromptTooLongError, TokenBoundaryError
+
+    try:
+        return pipeline.prepare_data(spec.data, causal=spec.causal)
+    except PromptTooLongError as error:
+        raise ConfigError(
+            [f"{error} (config.decoder_row_length / config.max_input_length)"]
+        ) from None
+    except TokenBoundaryError as error:
+        raise ConfigError([f"{error}; try --config.decoder_template=plain"]) from None
+
+
+def _codec(spec: RunSpec, prepared: pipeline.PreparedData) -> Any:
+    """T5: the TextCodec of its vocabulary; decoder-only: the CausalFormat of its rows."""
+    if prepared.causal_format is not None:
+        return prepared.causal_format
+    return text_codec(prepared.registered.vocabulary, spec.data.method)
+
+
+def _restore(
+    checkpointer: Checkpointer,
+    program: Any,
+    train_iterator: pipeline.TrainIterator,
+    paths: RunPaths,
+    changes: Sequence[str],
+) -> Any:
+    """The newest checkpoint that restores (its iterator position applied), None without one;
+    ConfigError when the workdir holds another run's checkpoints."""
+    from sbsd_jax.data.pipeline import IteratorStateError
+
     try:
         restored = checkpointer.restore_latest(program.abstract_state_with_shardings)
     except IncompatibleCheckpointError as error:
@@ -464,144 +573,203 @@ def _train_and_evaluate(
             [str(error)]
             + [f"changed since {paths.config} was written: {change}" for change in changes]
         ) from error
-    if restored is not None:
-        state = restored.state
-        try:
-            train_iterator.set_state(restored.data_state)
-        except pipeline.IteratorStateError as error:
-            raise ConfigError(
-                [
-                    f"--workdir={paths.workdir} holds checkpoints of a different run "
-                    f"({error}); use a new --workdir or the original config"
-                ]
-            ) from error
-    else:
-        state = _initial_state(program, config)
-    _write_config(config, paths.config)  # only now: a refused resume keeps the old record
-    _clear_finished_marker(paths)
-    start_step = int(jax.device_get(state.step))
-    total_steps = int(config.num_train_steps)
-    if restored is not None and jax.process_index() == 0:
-        for skipped in restored.skipped:  # a newer checkpoint that does not restore
+    if restored is None:
+        return None
+    try:
+        train_iterator.set_state(restored.data_state)
+    except IteratorStateError as error:
+        raise ConfigError(
+            [
+                f"--workdir={paths.workdir} holds checkpoints of a different run "
+                f"({error}); use a new --workdir or the original config"
+            ]
+        ) from error
+    return restored
+
+
+def _say_where_it_starts(started: _Started, start_step: int) -> None:
+    if jax.process_index() != 0:
+        return
+    if started.restored is not None:
+        for skipped in started.restored.skipped:  # a newer checkpoint that does not restore
             print(skipped.describe())
-    if start_step > 0 and jax.process_index() == 0:
-        print(f"Resuming from step {start_step} ({checkpointer.step_directory(start_step)})")
-        for change in changes:
+    if start_step > 0:
+        directory = started.checkpointer.step_directory(start_step)
+        print(f"Resuming from step {start_step} ({directory})")
+        for change in started.changes:
             print(f"  config changed since the last start: {change}")
 
-    # 4. Train.
-    logger = MetricsLogger(paths.workdir, is_primary=jax.process_index() == 0)
+
+def _train_and_evaluate(
+    spec: RunSpec,
+    workdir: str,
+    watcher: PreemptionWatcher,
+    cleanup: contextlib.ExitStack,
+) -> RunSummary:
+    started = _start(spec, workdir, cleanup)
+    start_step = int(jax.device_get(started.state.step))
+    _say_where_it_starts(started, start_step)
+    logger = MetricsLogger(started.paths.workdir, is_primary=jax.process_index() == 0)
     cleanup.callback(logger.close)
     logger.discard_after(start_step)  # rows of steps lost with a crash are logged again
-    progress = ProgressBar(total_steps, start_step=start_step)
-    evaluate_splits = functools.partial(
-        _run_evaluation,
-        splits=prepared.splits,
-        split_names=tuple(config.eval_splits),
-        config=config,
-        program=program,
-        codec=codec,
-        paths=paths,
+    progress = ProgressBar(spec.loop.num_train_steps, start_step=start_step)
+    evaluate_splits = _Evaluator(
+        spec=spec,
+        splits=started.prepared.splits,
+        program=started.program,
+        codec=_codec(spec, started.prepared),
+        paths=started.paths,
         logger=logger,
         progress=progress,
         should_stop=watcher.should_stop_now,
+        frozen=started.frozen,
     )
-    last_results: dict[str, EvalResult] = {}
+    control = LoopControl(
+        start_step=start_step,
+        total_steps=spec.loop.num_train_steps,
+        log_every=spec.loop.log_every,
+        eval_every=spec.evaluation.every,
+        checkpoint_every=spec.checkpointing.every,
+    )
+    last_results = _pending_evaluation(spec, started, evaluate_splits, control, progress)
+    watcher.note_completed(start_step)
+    begun = time.perf_counter()
+    state, step = _train(spec, started, evaluate_splits, control, watcher, logger, last_results)
+    return _wrap_up(
+        spec, started, state, step, start_step, control, last_results, time.perf_counter() - begun
+    )
+
+
+def _pending_evaluation(
+    spec: RunSpec,
+    started: _Started,
+    evaluate_splits: _Evaluator,
+    control: LoopControl,
+    progress: ProgressBar,
+) -> dict[str, EvalResult]:
+    """A SIGTERM cut the restored step's evaluation short: do it now, then rank the step."""
+    restored, step = started.restored, control.start_step
+    if restored is None or not restored.evaluation_pending:
+        return {}
+    full = step == control.total_steps
+    try:
+        results = evaluate_splits(step=step, params=started.state.params, full=full)
+    except EvaluationInterrupted:
+        control.pending_evaluation_interrupted()
+        progress.message(f"SIGTERM during the evaluation of step {step}, exiting")
+        return {}
+    started.checkpointer.replace(
+        step,
+        started.state,
+        started.train_iterator.get_state(),
+        metrics=_checkpoint_metrics(
+            results, spec.data.dataset.dataset, spec.evaluation.max_examples
+        ),
+    )
+    return results
+
+
+def _train(
+    spec: RunSpec,
+    started: _Started,
+    evaluate_splits: _Evaluator,
+    control: LoopControl,
+    watcher: PreemptionWatcher,
+    logger: MetricsLogger,
+    last_results: dict[str, EvalResult],
+) -> tuple[Any, int]:
+    """Steps until the last one or a stop; returns the state and its step."""
+    program, state, step = started.program, started.state, control.start_step
+    progress = evaluate_splits.progress
     window: list[Mapping[str, jax.Array]] = []
-    preempted = False
-    step = start_step
-    if restored is not None and restored.evaluation_pending:
-        # A SIGTERM cut this step's evaluation short: do it now, then rank the step with it.
-        try:
-            last_results = evaluate_splits(step=step, params=state.params, full=step == total_steps)
-        except EvaluationInterrupted:
-            preempted = True
-            progress.message(f"SIGTERM during the evaluation of step {step}, exiting")
-        else:
-            checkpointer.replace(
-                step,
-                state,
-                train_iterator.get_state(),
-                metrics=_checkpoint_metrics(last_results, config),
-            )
-    watcher.note_completed(step)
     in_flight: list[jax.Array] = []  # one small output of each dispatched, unfinished step
-    started = time.perf_counter()
-    while step < total_steps and not preempted:
-        batch = host_local_to_global(next(train_iterator), mesh, program.batch_sharding)
-        state, metrics = program.train_step(state, batch)
+    frozen_args = () if started.frozen is None else (started.frozen,)
+    while control.keeps_training(step):
+        local = next(started.train_iterator)
+        batch = partitioning.host_local_to_global(local, program.mesh, program.batch_sharding)
+        state, metrics = program.train_step(state, batch, *frozen_args)
         _bound_steps_in_flight(in_flight, metrics, step + 1, watcher)
         step += 1
         window.append(metrics)  # stays on the device until the next log step
-        is_last = step == total_steps
-        if step == start_step + 1 and step % int(config.log_every) and not is_last:
-            # The first call compiled the step: say so now, not log_every steps later.
+        plan = control.plan(step)
+        if plan.announce:  # the first call compiled the step: say so now, not later
             progress.message(
-                f"training from step {start_step}; progress every {config.log_every} steps"
+                f"training from step {control.start_step}; progress every "
+                f"{spec.loop.log_every} steps"
             )
-
-        if step % int(config.log_every) == 0 or is_last:
+        if plan.log:
             values = _host_metrics(window)
             window.clear()
             logger.write(step, {f"train_{k}": v for k, v in values.items()})
             progress.update(step, {k: values[k] for k in ("loss",) if k in values})
-
         results: dict[str, EvalResult] = {}
-        evaluation_interrupted = False
-        if step % int(config.eval_every) == 0 or is_last:
+        interrupted = False
+        if plan.evaluate:
             try:
-                results = evaluate_splits(step=step, params=state.params, full=is_last)
+                results = evaluate_splits(step=step, params=state.params, full=plan.full_evaluation)
             except EvaluationInterrupted:
-                evaluation_interrupted = True
+                interrupted = True
             last_results.update(results)
             progress.reset_clock(step)
-
-        stop = evaluation_interrupted or watcher.should_stop(step)
-        if step % int(config.checkpoint_every) == 0 or results or is_last or stop:
-            checkpointer.save(
+        outcome = control.finish(
+            step,
+            evaluated=bool(results),
+            evaluation_interrupted=interrupted,
+            stop_requested=watcher.should_stop(step),
+        )
+        if outcome.save:
+            started.checkpointer.save(
                 step,
                 state,
-                train_iterator.get_state(),
-                metrics=_checkpoint_metrics(results, config),
-                evaluation_pending=evaluation_interrupted,
+                started.train_iterator.get_state(),
+                metrics=_checkpoint_metrics(
+                    results, spec.data.dataset.dataset, spec.evaluation.max_examples
+                ),
+                evaluation_pending=outcome.evaluation_pending,
             )
-        if evaluation_interrupted or (stop and not is_last):
-            preempted = True
+        if outcome.leave:
             progress.message(
                 f"SIGTERM after step {watcher.signal_step}: checkpointed step {step}, exiting"
             )
-            break
-    train_seconds = time.perf_counter() - started
+    return state, step
 
-    # 5. Wrap up.
-    checkpointer.wait_until_finished()
+
+def _wrap_up(
+    spec: RunSpec,
+    started: _Started,
+    state: Any,
+    step: int,
+    start_step: int,
+    control: LoopControl,
+    last_results: Mapping[str, EvalResult],
+    train_seconds: float,
+) -> RunSummary:
+    """Waits for the checkpoints, exports, reports, and writes DONE unless preempted."""
+    started.checkpointer.wait_until_finished()
+    preempted = control.preempted
     exported_to = exported_step = None
-    if config.export_hf_dir and not preempted:
-        exported_to, exported_step = _export(program, config, checkpointer, state)
+    if spec.checkpointing.export_hf_dir and not preempted:
+        exported_to, exported_step = _export(
+            started.program,
+            spec.checkpointing,
+            spec.data.vocabulary,
+            started.checkpointer,
+            state,
+            started.frozen,
+        )
     report_lines: list[str] = []
     if not preempted:
-        from sbsd_jax.eval.run_reports import for_training_run
-
-        report_lines = for_training_run(
-            config,
-            program,
-            state.params,
-            prepared.splits,
-            codec,
-            last_results,
-            _make_generate(program, state.params),
-            paths.workdir,
-        )
-    best = checkpointer.best_step()
-    best_metrics = checkpointer.metrics(best) if best is not None else None
+        report_lines = _run_reports(spec, started, state, last_results)
+    best = started.checkpointer.best_step()
+    best_metrics = started.checkpointer.metrics(best) if best is not None else None
     eval_metrics: dict[str, float] = {}
     for result in last_results.values():
         eval_metrics.update(result.metrics())
     summary = RunSummary(
-        paths=paths,
+        paths=started.paths,
         start_step=start_step,
         final_step=step,
-        num_train_steps=total_steps,
+        num_train_steps=spec.loop.num_train_steps,
         preempted=preempted,
         train_seconds=train_seconds,
         eval_metrics=eval_metrics,
@@ -614,6 +782,30 @@ def _train_and_evaluate(
     if not preempted:
         _mark_finished(summary)
     return summary
+
+
+def _run_reports(
+    spec: RunSpec, started: _Started, state: Any, last_results: Mapping[str, EvalResult]
+) -> list[str]:
+    """Efficiency and reasoning reports (sbsd_jax.eval.run_reports; T5 students: they time
+    the encoder-decoder's generate)."""
+    from sbsd_jax.eval.run_reports import for_training_run
+
+    if spec.causal is not None:
+        return ["  efficiency / reasoning reports: encoder-decoder students only"]
+    program = started.program
+    params = program.model_params(state.params, started.frozen)
+    return for_training_run(
+        _eval_settings(spec, full=True),
+        spec.evaluation.splits,
+        program,
+        params,
+        started.prepared.splits,
+        text_codec(started.prepared.registered.vocabulary, spec.data.method),
+        last_results,
+        _make_generate(program, params),
+        started.paths.workdir,
+    )
 
 
 def summary_json(summary: RunSummary) -> str:

@@ -20,9 +20,18 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from sbsd_jax.data.features import TASK_LABEL, TASK_RATIONALE
+from sbsd_jax.data.features import METHOD_TASKS, TASK_LABEL, TASK_RATIONALE
 
-METHODS: tuple[str, ...] = ("standard", "step_by_step", "cot")
+METHODS: tuple[str, ...] = tuple(METHOD_TASKS)
+# What multitask_loss reports (summed over micro-batches by the step), and what the step adds.
+LOSS_METRICS: tuple[str, ...] = (
+    "loss",
+    "label_loss",
+    "rationale_loss",
+    "label_tokens",
+    "rationale_tokens",
+)
+STEP_METRICS: tuple[str, ...] = (*LOSS_METRICS, "grad_norm", "learning_rate")
 
 
 def token_cross_entropy(
@@ -79,11 +88,5 @@ def multitask_loss(
         loss = alpha * label_loss + (1.0 - alpha) * rationale_loss
     else:
         loss = label_loss
-    metrics = {
-        "loss": loss,
-        "label_loss": label_loss,
-        "rationale_loss": rationale_loss,
-        "label_tokens": label_tokens,
-        "rationale_tokens": rationale_tokens,
-    }
-    return loss, metrics
+    values = (loss, label_loss, rationale_loss, label_tokens, rationale_tokens)
+    return loss, dict(zip(LOSS_METRICS, values, strict=True))

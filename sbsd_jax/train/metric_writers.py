@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from etils import epath
 
-from sbsd_jax.train.run_storage import is_url
+from sbsd_jax.runtime.run_storage import is_url
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

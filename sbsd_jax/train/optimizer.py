@@ -1,4 +1,4 @@
-"""The optimizer and learning-rate schedule named by the config.
+"""The optimizer and learning-rate schedule of an OptimizerSpec (config.optimizer, ...).
 
 Default = the reference recipe (Hugging Face Seq2SeqTrainer defaults): AdamW(lr 5e-5,
 betas 0.9/0.999, eps 1e-8, weight decay 0), linear decay to 0 over the run, no warmup, and
@@ -21,18 +21,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
-from sbsd_jax.train import partitioning
+from sbsd_jax.model.sharding import logical_names
+from sbsd_jax.settings.spec import LR_SCHEDULES, OPTIMIZERS, OptimizerSpec
 
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adafactor")
-LR_SCHEDULES: tuple[str, ...] = ("constant", "linear", "linear_warmup_cosine", "rsqrt")
+__all__ = [
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "adafactor",
+    "make_learning_rate_schedule",
+    "make_optimizer",
+]
 
 
-def make_learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+def make_learning_rate_schedule(spec: OptimizerSpec) -> optax.Schedule:
     """Learning rate as a function of the optimizer step (0-based), with linear warmup.
 
     constant: warmup to the peak, then flat. linear: warmup, then linear decay to
@@ -40,11 +45,11 @@ def make_learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Sche
     linear_warmup_cosine: warmup, then cosine decay to the same end. rsqrt: warmup, then
     peak * sqrt(warmup / step) (T5's inverse square root; with no warmup, peak / sqrt(step)).
     """
-    peak = float(config.learning_rate)
-    warmup = int(config.warmup_steps)
-    total = int(config.num_train_steps)
-    end = peak * float(config.get("end_learning_rate_fraction", 0.0))
-    name = config.lr_schedule
+    peak = spec.learning_rate
+    warmup = spec.warmup_steps
+    total = spec.num_train_steps
+    end = peak * spec.end_learning_rate_fraction
+    name = spec.lr_schedule
     if name not in LR_SCHEDULES:
         raise ValueError(f"config.lr_schedule={name!r}: expected one of {LR_SCHEDULES}")
     warmup_schedule = optax.linear_schedule(0.0, peak, max(warmup, 1))
@@ -83,7 +88,7 @@ def stacked_layers(params: optax.Params) -> Any:
     nodes = jax.tree.leaves(params, is_leaf=_is_variable)
     flags = []
     for node in nodes:
-        names = partitioning.logical_names(node) if _is_variable(node) else None
+        names = logical_names(node) if _is_variable(node) else None
         flags.append(bool(names) and names[0] == LAYER_AXIS)
     return jax.tree.unflatten(jax.tree.structure(params), flags)
 
@@ -121,7 +126,7 @@ def factoring_shapes(params: optax.Params, min_dim_size_to_factor: int = 128) ->
     joined into one dimension when that makes it factorable, else None (unchanged)."""
 
     def shape_of(node: Any) -> _FactoringShape:
-        names = partitioning.logical_names(node) if _is_variable(node) else None
+        names = logical_names(node) if _is_variable(node) else None
         if not names:
             return _FactoringShape(None)
         value = node.get_value() if hasattr(node, "get_value") else node.value
@@ -172,6 +177,72 @@ def per_layer(
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+def _reshaped(array: jax.Array, factoring: _FactoringShape) -> jax.Array:
+    return array if factoring.shape is None else array.reshape(factoring.shape)
+
+
+def _is_factored_state(node: Any) -> bool:
+    return isinstance(node, optax.FactoredState)
+
+
+def _factored_init(
+    inner: optax.GradientTransformation, stacked: StackedFn, min_dim: int
+) -> Callable[[optax.Params], optax.FactoredState]:
+    """per_layer_factored_rms's init: optax's state of each layer, stacked per parameter."""
+
+    def init_fn(params: optax.Params) -> optax.FactoredState:
+        states = jax.tree.map(
+            lambda flag, factoring, p: _layerwise(
+                lambda one: inner.init(_reshaped(one, factoring)), flag
+            )(p),
+            stacked(params),
+            factoring_shapes(params, min_dim),
+            params,
+        )
+
+        def field(name: str) -> Any:
+            return jax.tree.map(lambda s: getattr(s, name), states, is_leaf=_is_factored_state)
+
+        return optax.FactoredState(
+            count=jnp.zeros([], jnp.int32),
+            v_row=field("v_row"),
+            v_col=field("v_col"),
+            v=field("v"),
+        )
+
+    return init_fn
+
+
+def _factored_leaf_update(
+    inner: optax.GradientTransformation, count: jax.Array
+) -> Callable[..., _LeafResult]:
+    """One parameter's update (layer by layer when stacked) from its slice of the state."""
+
+    def leaf(
+        flag: bool,
+        factoring: _FactoringShape,
+        grad: jax.Array,
+        v_row: jax.Array,
+        v_col: jax.Array,
+        v: jax.Array,
+        param: jax.Array,
+    ) -> _LeafResult:
+        def one(
+            g: jax.Array, vr: jax.Array, vc: jax.Array, vv: jax.Array, p: jax.Array
+        ) -> tuple[jax.Array, optax.FactoredState]:
+            update, new = inner.update(
+                _reshaped(g, factoring),
+                optax.FactoredState(count, vr, vc, vv),
+                _reshaped(p, factoring),
+            )
+            return update.reshape(g.shape), new
+
+        update, new_state = _layerwise(one, flag)(grad, v_row, v_col, v, param)
+        return _LeafResult(update, new_state)
+
+    return leaf
+
+
 def per_layer_factored_rms(
     stacked: StackedFn = stacked_layers, **kwargs: Any
 ) -> optax.GradientTransformation:
@@ -187,62 +258,13 @@ def per_layer_factored_rms(
     inner = optax.scale_by_factored_rms(**kwargs)
     min_dim = int(kwargs.get("min_dim_size_to_factor", 128))
 
-    def is_state(node: Any) -> bool:
-        return isinstance(node, optax.FactoredState)
-
-    def reshaped(array: jax.Array, factoring: _FactoringShape) -> jax.Array:
-        return array if factoring.shape is None else array.reshape(factoring.shape)
-
-    def init_fn(params: optax.Params) -> optax.FactoredState:
-        states = jax.tree.map(
-            lambda flag, factoring, p: _layerwise(
-                lambda one: inner.init(reshaped(one, factoring)), flag
-            )(p),
-            stacked(params),
-            factoring_shapes(params, min_dim),
-            params,
-        )
-
-        def field(name: str) -> Any:
-            return jax.tree.map(lambda s: getattr(s, name), states, is_leaf=is_state)
-
-        return optax.FactoredState(
-            count=jnp.zeros([], jnp.int32),
-            v_row=field("v_row"),
-            v_col=field("v_col"),
-            v=field("v"),
-        )
-
     def update_fn(
         updates: optax.Updates, state: optax.FactoredState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, optax.FactoredState]:
         if params is None:
             raise ValueError("per_layer_factored_rms needs the parameters")
-
-        def leaf(
-            flag: bool,
-            factoring: _FactoringShape,
-            grad: jax.Array,
-            v_row: jax.Array,
-            v_col: jax.Array,
-            v: jax.Array,
-            param: jax.Array,
-        ) -> _LeafResult:
-            def one(
-                g: jax.Array, vr: jax.Array, vc: jax.Array, vv: jax.Array, p: jax.Array
-            ) -> tuple[jax.Array, optax.FactoredState]:
-                update, new = inner.update(
-                    reshaped(g, factoring),
-                    optax.FactoredState(state.count, vr, vc, vv),
-                    reshaped(p, factoring),
-                )
-                return update.reshape(g.shape), new
-
-            update, new_state = _layerwise(one, flag)(grad, v_row, v_col, v, param)
-            return _LeafResult(update, new_state)
-
         results = jax.tree.map(
-            leaf,
+            _factored_leaf_update(inner, state.count),
             stacked(params),
             factoring_shapes(params, min_dim),
             updates,
@@ -264,7 +286,7 @@ def per_layer_factored_rms(
             v=field("v"),
         )
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_factored_init(inner, stacked, min_dim), update_fn)
 
 
 def adafactor(
@@ -306,34 +328,34 @@ def adafactor(
     return optax.chain(*transforms)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     """Clipping (if grad_clip_norm > 0) followed by the configured optimizer and schedule.
 
-    Weight decay (config.weight_decay, matrices only): AdamW applies optax.adamw's decoupled
+    Weight decay (spec.weight_decay, matrices only): AdamW applies optax.adamw's decoupled
     decay, lr(t) * weight_decay * param per step. Adafactor keeps T5X/optax semantics: the decay
     is added after the learning-rate scaling, i.e. weight_decay * param per step, NOT scaled by
     the learning rate or its schedule (choose the value accordingly). With
     scan_layers, Adafactor treats the stacked 'layers' axis as a batch axis (see `adafactor`).
     """
-    schedule = make_learning_rate_schedule(config)
-    name = config.optimizer
+    schedule = make_learning_rate_schedule(spec)
+    name = spec.name
     if name == "adamw":
         optimizer = optax.adamw(
             schedule,
-            b1=float(config.adam_b1),
-            b2=float(config.adam_b2),
-            eps=float(config.adam_eps),
-            weight_decay=float(config.weight_decay),
+            b1=spec.adam_b1,
+            b2=spec.adam_b2,
+            eps=spec.adam_eps,
+            weight_decay=spec.weight_decay,
             mask=_decay_mask,
         )
     elif name == "adafactor":
         optimizer = adafactor(
             schedule,
-            weight_decay_rate=float(config.weight_decay) or None,
+            weight_decay_rate=spec.weight_decay or None,
             weight_decay_mask=_decay_mask,
         )
     else:
         raise ValueError(f"config.optimizer={name!r}: expected one of {OPTIMIZERS}")
-    if float(config.grad_clip_norm) > 0:
-        return optax.chain(optax.clip_by_global_norm(float(config.grad_clip_norm)), optimizer)
+    if spec.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(spec.grad_clip_norm), optimizer)
     return optimizer

@@ -1,140 +1,36 @@
-"""Where every array lives: logical axis names -> mesh axes, and NamedShardings from them.
+"""Where a batch lives: its sharding over ('data', 'fsdp'), the rows each process loads, and
+host-local blocks turned into global arrays.
 
-The model names each parameter dimension ('vocab', 'embed', 'mlp', 'heads', 'kv', ...) and each
-activation dimension ('activation_batch', ...). A rules table (MaxText style) maps those names
-onto the mesh axes ('data', 'fsdp', 'tensor'), so the same model code runs replicated on one
-CPU, fully sharded over a TPU slice, or Megatron-style tensor parallel, by config alone:
-
-- 'embed' -> 'fsdp': every weight matrix is split along d_model over the fsdp axis (ZeRO-3);
-  XLA all-gathers it just in time for the matmul and reduce-scatters its gradient.
-- 'mlp' / 'heads' / 'joined_kv' / 'vocab' -> 'tensor': the wide dimension of each layer is split
-  over the tensor axis (Megatron: column-parallel in, row-parallel out).
-- 'activation_batch' -> ('data', 'fsdp'): the batch is split over every data-parallel device.
-- Parameters are replicated over 'data' (pure data parallelism), sharded over 'fsdp'.
-
-Optimizer state mirrors its parameter's sharding (optax keeps the parameters' Variables, and
-so their names, in mu / nu); anything whose shape differs from its parameter (Adafactor's
-factored second moments) and every scalar (step, counts) is replicated.
+Parameters and activations are placed by their logical axis names through the rules table of
+sbsd_jax.model.sharding (the one logical-axis -> PartitionSpec implementation); this module is
+the batch side: every array of a batch is split along its first dimension over every
+data-parallel device, and `process_batch_rows` says which rows of the global batch this
+process holds, so the loop can hand them to the data pipeline.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import flax.linen
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
-BATCH_MESH_AXES: tuple[str, ...] = ("data", "fsdp")
+from sbsd_jax.model.sharding import BATCH_MESH_AXES, MESH_AXES
 
-LogicalAxisRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
-
-DEFAULT_LOGICAL_AXIS_RULES: LogicalAxisRules = (
-    # Activations.
-    ("activation_batch", BATCH_MESH_AXES),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_vocab", "tensor"),
-    # Parameters.
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("joined_kv", "tensor"),
-    ("kv", None),
-    ("relpos_buckets", None),
-    ("layers", None),
-)
-
-# Metadata keys under which Flax NNX variables keep their logical axis names (0.12: out_sharding).
-_SHARDING_METADATA_KEYS: tuple[str, ...] = ("out_sharding", "sharding_names", "sharding")
-
-
-def resolve_rules(rules: Sequence[Sequence[Any]] | None) -> LogicalAxisRules:
-    """The configured rules as a hashable tuple; empty/None means DEFAULT_LOGICAL_AXIS_RULES."""
-    if not rules:
-        return DEFAULT_LOGICAL_AXIS_RULES
-    resolved = []
-    for rule in rules:
-        name, axes = rule
-        if isinstance(axes, list | tuple):
-            axes = tuple(axes)
-        resolved.append((str(name), axes))
-    return tuple(resolved)
-
-
-def logical_names(variable: nnx.Variable) -> tuple[str | None, ...] | None:
-    """The logical axis names a model attached to a variable, or None when it has none."""
-    metadata = variable.get_metadata()
-    for key in _SHARDING_METADATA_KEYS:
-        names = metadata.get(key)
-        if names is not None and not isinstance(names, jax.sharding.Sharding):
-            return tuple(names)
-    return None
-
-
-def _drop_indivisible(spec: P, shape: Sequence[int], mesh: Mesh | None) -> P:
-    """Replicates any dimension its mesh axes do not divide (e.g. 6 heads on tensor=4)."""
-    if mesh is None:
-        return spec
-    entries = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
-        if axes is None:
-            entries.append(None)
-            continue
-        names = (axes,) if isinstance(axes, str) else tuple(axes)
-        size = int(np.prod([mesh.shape[name] for name in names]))
-        entries.append(axes if dim % size == 0 else None)
-    return P(*entries)
-
-
-def logical_to_mesh_spec(
-    names: Sequence[str | None] | None,
-    shape: Sequence[int],
-    rules: LogicalAxisRules,
-    mesh: Mesh | None = None,
-) -> P:
-    """PartitionSpec for one array from its logical names (replicated when names don't fit)."""
-    if names is None or len(names) != len(shape):
-        return P()
-    spec = flax.linen.logical_to_mesh_axes(tuple(names), rules)
-    return _drop_indivisible(spec, shape, mesh)
-
-
-def _is_variable(node: Any) -> bool:
-    return isinstance(node, nnx.Variable)
-
-
-def tree_partition_specs(tree: Any, rules: LogicalAxisRules, mesh: Mesh | None = None) -> Any:
-    """PartitionSpecs for a pytree of params, optimizer state or a whole TrainState.
-
-    Same structure as `tree` (Variables keep their metadata and hold a PartitionSpec), so the
-    result can be given to jax.jit as in/out shardings. Plain leaves are replicated.
-    """
-
-    def spec_of(node: Any) -> Any:
-        if _is_variable(node):
-            value = node.get_value() if hasattr(node, "get_value") else node.value
-            spec = logical_to_mesh_spec(logical_names(node), np.shape(value), rules, mesh)
-            return node.replace(spec)
-        return P()
-
-    return jax.tree.map(spec_of, tree, is_leaf=_is_variable)
-
-
-def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalAxisRules) -> Any:
-    """NamedShardings for params, optimizer state or a TrainState (see tree_partition_specs)."""
-    specs = tree_partition_specs(tree, rules, mesh)
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
+__all__ = [
+    "MESH_AXES",
+    "batch_partition_spec",
+    "batch_sharding",
+    "data_parallel_size",
+    "global_shape_of_local",
+    "host_local_to_global",
+    "process_batch_rows",
+    "replicated",
+    "shards_per_dim",
+]
 
 
 def batch_partition_spec() -> P:

@@ -4,13 +4,15 @@ One `jax.jit` per function, with explicit in/out shardings on the mesh and the s
 so parameters, optimizer state and batch stay where the rules table puts them and nothing
 returns to the host inside a step. Both tasks of a batch (label and rationale sequences, padded
 or packed) go through a single forward/backward pass; `loss.multitask_loss` splits the token
-losses by `decoder_task_ids`.
+losses by `decoder_task_ids`. The model comes from its ModelSpec (any registered family), the
+batch follows the family's contract of data/features.py (LAYOUT_BATCH_KEYS: the T5 batch, or
+decoder-only causal-LM rows).
 
-Typical use (what sbsd_jax.main does):
+Typical use (what sbsd_jax.train.loop does with a RunSpec `spec`):
 
-    mesh = mesh_lib.make_mesh(config)
-    program = build_train_program(config, mesh)
-    state = program.init_fn(jax.random.key(config.seed))          # sharded on the mesh
+    mesh = mesh_lib.make_mesh(spec.mesh)
+    program = build_train_program(spec.model, spec.optimizer, spec.step, mesh, spec.mesh.rules)
+    state = program.init_fn(jax.random.key(spec.step.seed))       # sharded on the mesh
     batch = partitioning.host_local_to_global(numpy_batch, mesh)
     state, metrics = program.train_step(state, batch)              # metrics stay on device
 """
@@ -18,99 +20,107 @@ Typical use (what sbsd_jax.main does):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from sbsd_jax.data.features import LAYOUT_BATCH_KEYS
 from sbsd_jax.model import sharding as model_sharding
-from sbsd_jax.model.config import T5Config, get_model_config
-from sbsd_jax.model.t5 import T5
-from sbsd_jax.train import compute_dtype, partitioning
+from sbsd_jax.model.spec import ModelSpec
+from sbsd_jax.settings.spec import OptimizerSpec, StepSpec
 from sbsd_jax.train import loss as loss_lib
 from sbsd_jax.train import optimizer as optimizer_lib
+from sbsd_jax.train import partitioning
 from sbsd_jax.train.train_state import TrainState
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 TrainStepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
-
-# Arrays of a batch the step reads (decoder_task_ids / loss weights drive the loss).
-MODEL_INPUT_KEYS: tuple[str, ...] = (
-    "encoder_input_tokens",
-    "encoder_segment_ids",
-    "encoder_positions",
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "decoder_loss_weights",
-    "decoder_task_ids",
-)
+LossFn = Callable[..., tuple[jax.Array, Metrics]]
 
 
-def resolve_compute_dtype(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
-    """'auto' -> bfloat16 on TPU/GPU and on CPUs where it measured faster, else float32
-    (compute_dtype.py; `platform` defaults to JAX's backend). Explicit values stay."""
-    dtype = config.compute_dtype
-    if dtype != "auto":
-        return dtype
-    return compute_dtype.auto_compute_dtype(platform or jax.default_backend())
+# Folded into the init key for the LoRA adapters' own draws (the base keeps the plain draws,
+# so a LoRA run starts from the same base as full fine-tuning from the same seed).
+_ADAPTER_KEY = 1
 
 
-def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """config.model_overrides as T5Config keyword arguments, unset (None) fields dropped."""
-    overrides = config.get("model_overrides") or {}
-    if isinstance(overrides, ml_collections.ConfigDict):
-        overrides = overrides.to_dict()
-    return {name: value for name, value in dict(overrides).items() if value is not None}
+def _adapted(model: ModelSpec, module: nnx.Module, key: jax.Array) -> nnx.Module:
+    """`module` with LoRA / QLoRA adapters on it (model.lora; none without)."""
+    if model.lora is not None:
+        from sbsd_jax.model.lora import apply_lora
+
+        rngs = nnx.Rngs(params=jax.random.fold_in(key, _ADAPTER_KEY))
+        apply_lora(module, model.lora, rngs=rngs)
+    return module
 
 
-def build_model_config(config: ml_collections.ConfigDict, platform: str | None = None) -> T5Config:
-    """The T5Config for config.model with the trainer's numerics and config.model_overrides."""
-    overrides = model_overrides(config)
-    platform = platform or jax.default_backend()
-    overrides.setdefault("dtype", resolve_compute_dtype(config, platform))
-    overrides.setdefault("accumulating_dot_vjp", platform == "cpu")
-    overrides.setdefault("param_dtype", config.param_dtype)
-    overrides.setdefault("remat_policy", config.remat_policy)
-    overrides.setdefault("scan_layers", bool(config.scan_layers))
-    return get_model_config(config.model, **overrides)
+def _split(model: ModelSpec, module: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, Any]:
+    """(graphdef, trained parameters, frozen rest): all nnx.Params and no frozen part for full
+    training; with LoRA the adapters, and the (quantised) base frozen."""
+    if model.lora is None:
+        graphdef, params = nnx.split(module, nnx.Param)
+        return graphdef, params, None
+    from sbsd_jax.model.lora import split_adapters
+
+    return split_adapters(module)
 
 
 def _init_state_fn(
-    model_config: T5Config, optimizer: optax.GradientTransformation
-) -> tuple[Callable[[jax.Array], TrainState], list[nnx.GraphDef]]:
-    """An un-jitted key -> TrainState function, and a cell that receives the model's graphdef."""
+    model: ModelSpec, model_config: Any, optimizer: optax.GradientTransformation
+) -> tuple[Callable[..., tuple[TrainState, Any]], list[nnx.GraphDef]]:
+    """Un-jitted functions key -> (TrainState, frozen) and (plain params, key) -> the same, and a
+    cell that receives the (adapted) model's graphdef."""
     graphdef_cell: list[nnx.GraphDef] = []
 
-    def init(key: jax.Array) -> TrainState:
-        model = T5(model_config, rngs=nnx.Rngs(params=key))
-        graphdef, params = nnx.split(model, nnx.Param)
+    def state_of(module: nnx.Module) -> tuple[TrainState, Any]:
+        graphdef, params, frozen = _split(model, module)
         graphdef_cell[:] = [graphdef]
-        return TrainState(
+        state = TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
         )
+        return state, frozen
+
+    def init(key: jax.Array, params: nnx.State | None = None) -> tuple[TrainState, Any]:
+        if params is None:
+            module = model.build(model_config, nnx.Rngs(params=key))
+        else:
+            module = nnx.merge(_plain_graphdef(model, model_config), params)
+        return state_of(_adapted(model, module, key))
 
     return init, graphdef_cell
 
 
+def _plain_graphdef(model: ModelSpec, model_config: Any) -> nnx.GraphDef:
+    """The un-adapted model's graphdef (what evaluation, export and pretrained params use)."""
+    abstract = nnx.eval_shape(lambda: model.build(model_config, nnx.Rngs(params=0)))
+    return nnx.split(abstract, nnx.Param)[0]
+
+
 def abstract_train_state(
-    model_config: T5Config, optimizer: optax.GradientTransformation
+    model: ModelSpec, model_config: Any, optimizer: optax.GradientTransformation
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState of ShapeDtypeStructs) without allocating anything.
 
     Used to derive shardings, to AOT-compile for hardware we do not have, and as the Orbax
-    restore target (attach shardings with `with_shardings`).
+    restore target (attach shardings with `with_shardings`). With LoRA the state holds the
+    adapters; `abstract_frozen` gives the frozen base.
     """
-    init, graphdef_cell = _init_state_fn(model_config, optimizer)
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    return graphdef_cell[0], abstract
+    graphdef, abstract, _ = _abstract(model, model_config, optimizer)
+    return graphdef, abstract
+
+
+def _abstract(
+    model: ModelSpec, model_config: Any, optimizer: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, TrainState, Any]:
+    init, graphdef_cell = _init_state_fn(model, model_config, optimizer)
+    abstract, frozen = jax.eval_shape(init, jax.random.key(0))
+    return graphdef_cell[0], abstract, frozen
 
 
 def with_shardings(abstract_state: Any, shardings: Any) -> Any:
@@ -123,44 +133,92 @@ def with_shardings(abstract_state: Any, shardings: Any) -> Any:
 
 
 def make_init_fn(
-    model_config: T5Config,
+    model: ModelSpec,
+    model_config: Any,
     optimizer: optax.GradientTransformation,
     state_shardings: TrainState,
 ) -> Callable[[jax.Array], TrainState]:
     """A jitted key -> TrainState that creates every array directly in its shard.
 
     Nothing is materialised whole on one device, so an XXL student starts on a pod slice.
-    `key` is a typed key (jax.random.key(seed)).
+    `key` is a typed key (jax.random.key(seed)). With LoRA the state holds the adapters.
     """
-    init, _ = _init_state_fn(model_config, optimizer)
-    return jax.jit(init, out_shardings=state_shardings)
+    init, _ = _init_state_fn(model, model_config, optimizer)
+    return jax.jit(lambda key: init(key)[0], out_shardings=state_shardings)
 
 
 def make_state_from_params_fn(
-    optimizer: optax.GradientTransformation, state_shardings: TrainState
+    model: ModelSpec,
+    model_config: Any,
+    optimizer: optax.GradientTransformation,
+    state_shardings: TrainState,
+    seed: int,
 ) -> Callable[[nnx.State], TrainState]:
     """A jitted params -> fresh TrainState (step 0, new optimizer state), for pretrained starts.
 
-    `params` is an nnx.State with the same structure as TrainState.params (e.g. from
+    `params` is an nnx.State of the plain model's Params (e.g. from
     sbsd_jax.model.hf_checkpoint.load_hf_t5); the result is sharded like `state_shardings`.
+    With LoRA the params become the frozen base and key(seed) draws the adapters.
+    """
+    init, _ = _init_state_fn(model, model_config, optimizer)
+    key = jax.random.key(seed)
+    return jax.jit(lambda params: init(key, params)[0], out_shardings=state_shardings)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBase:
+    """A LoRA student's frozen base: never trained, donated or checkpointed, rebuilt bitwise
+    on resume from what made it (the seed, or the pretrained params).
+
+    from_key(key) / from_params(params) -> the frozen nnx.State (quantised for QLoRA), sharded
+    like `shardings`; to_model_params(adapters, frozen) -> the merged plain model's params
+    (merge_lora), for evaluation and export.
     """
 
-    def from_params(params: nnx.State) -> TrainState:
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
-        )
+    abstract: Any
+    shardings: Any
+    from_key: Callable[[jax.Array], Any]
+    from_params: Callable[[nnx.State], Any]
+    to_model_params: Callable[[nnx.State, Any], nnx.State]
 
-    return jax.jit(
-        from_params, in_shardings=(state_shardings.params,), out_shardings=state_shardings
+
+def make_frozen_base(
+    model: ModelSpec,
+    model_config: Any,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: model_sharding.LogicalAxisRules,
+    seed: int,
+) -> FrozenBase:
+    """The FrozenBase of a LoRA student (see FrozenBase)."""
+    from sbsd_jax.model.lora import merge_lora
+
+    init, _ = _init_state_fn(model, model_config, optimizer)
+    graphdef, _, abstract = _abstract(model, model_config, optimizer)
+    shardings = model_sharding.tree_shardings(abstract, mesh, rules)
+    plain = nnx.eval_shape(lambda: model.build(model_config, nnx.Rngs(params=0)))
+    plain_shardings = model_sharding.tree_shardings(nnx.state(plain, nnx.Param), mesh, rules)
+    key = jax.random.key(seed)
+
+    def to_model_params(adapters: nnx.State, frozen: Any) -> nnx.State:
+        merged = merge_lora(nnx.merge(graphdef, adapters, frozen))
+        return nnx.state(merged, nnx.Param)
+
+    return FrozenBase(
+        abstract=abstract,
+        shardings=shardings,
+        from_key=jax.jit(lambda k: init(k)[1], out_shardings=shardings),
+        from_params=jax.jit(lambda params: init(key, params)[1], out_shardings=shardings),
+        to_model_params=jax.jit(to_model_params, out_shardings=plain_shardings),
     )
 
 
 def train_state_shardings(
-    abstract_state: TrainState, mesh: Mesh, rules: partitioning.LogicalAxisRules
+    abstract_state: TrainState, mesh: Mesh, rules: model_sharding.LogicalAxisRules
 ) -> TrainState:
     """NamedShardings for every array of the state: params by the rules, optimizer state like
     its parameter, scalars replicated."""
-    return partitioning.tree_shardings(abstract_state, mesh, rules)
+    return model_sharding.tree_shardings(abstract_state, mesh, rules)
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
@@ -174,25 +232,21 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
     return {key: split(value) for key, value in batch.items()}
 
 
-def make_loss_fn(
-    graphdef: nnx.GraphDef, alpha: float, method: str
-) -> Callable[..., tuple[jax.Array, Metrics]]:
-    """(params, batch, dropout_key, token_counts) -> (loss, metrics); both tasks, one pass."""
+def make_loss_fn(model: ModelSpec, graphdef: nnx.GraphDef, alpha: float, method: str) -> LossFn:
+    """(params, batch, dropout_key, token_counts, frozen=None) -> (loss, metrics); both tasks,
+    one pass. `frozen`: the LoRA base (not differentiated), merged with the adapters `params`."""
 
     def loss_fn(
         params: nnx.State,
         batch: Batch,
         dropout_key: jax.Array | None,
         token_counts: tuple[jax.Array, jax.Array] | None,
+        frozen: Any = None,
     ) -> tuple[jax.Array, Metrics]:
-        model = nnx.merge(graphdef, params)
-        logits = model(
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            encoder_segment_ids=batch["encoder_segment_ids"],
-            decoder_segment_ids=batch["decoder_segment_ids"],
-            encoder_positions=batch["encoder_positions"],
-            decoder_positions=batch["decoder_positions"],
+        states = (params,) if frozen is None else (params, frozen)
+        logits = model.logits(
+            nnx.merge(graphdef, *states),
+            batch,
             deterministic=dropout_key is None,
             rngs=None if dropout_key is None else nnx.Rngs(dropout=dropout_key),
         )
@@ -201,82 +255,98 @@ def make_loss_fn(
     return loss_fn
 
 
+def dropout_key(step: StepSpec, use_dropout: bool, state_step: jax.Array) -> jax.Array | None:
+    """fold_in(key(seed, impl=rng_impl), step): a pure function of the step, so a resumed run
+    draws the same masks as an uninterrupted one; None (deterministic) without dropout."""
+    if not use_dropout:
+        return None
+    return jax.random.fold_in(jax.random.key(step.seed, impl=step.rng_impl), state_step)
+
+
+def _accumulated_grads(
+    grad_fn: Callable[..., Any],
+    params: nnx.State,
+    batch: Batch,
+    key: jax.Array | None,
+    num_micro: int,
+    batch_sharding: NamedSharding,
+    param_shardings: Any,
+) -> tuple[Metrics, Any]:
+    """Sums gradients and metrics over micro-batches; each micro-batch loss uses the whole
+    batch's per-task token counts (see loss.py), so the update equals the full-batch one."""
+    counts = loss_lib.task_token_counts(batch)
+    if num_micro == 1:
+        (_, metrics), grads = grad_fn(params, batch, key, counts)
+        return metrics, grads
+
+    def accumulate(carry, xs):
+        grads_sum, metrics_sum = carry
+        index, micro = xs
+        micro = jax.lax.with_sharding_constraint(micro, batch_sharding)
+        micro_key = None if key is None else jax.random.fold_in(key, index)
+        (_, metrics), grads = grad_fn(params, micro, micro_key, counts)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
+        return (grads_sum, metrics_sum), None
+
+    zero_grads = jax.lax.with_sharding_constraint(
+        jax.tree.map(jnp.zeros_like, params), param_shardings
+    )
+    zero_metrics = {name: jnp.zeros((), jnp.float32) for name in loss_lib.LOSS_METRICS}
+    (grads, metrics), _ = jax.lax.scan(
+        accumulate,
+        (zero_grads, zero_metrics),
+        (jnp.arange(num_micro), _split_microbatches(batch, num_micro)),
+    )
+    return metrics, grads
+
+
 def make_train_step(
-    config: ml_collections.ConfigDict,
-    graphdef: nnx.GraphDef,
-    mesh: Mesh,
-    state_shardings: TrainState,
-    optimizer: optax.GradientTransformation,
-    rules: partitioning.LogicalAxisRules | None = None,
+    step: StepSpec,
+    loss_fn: LossFn,
     *,
+    use_dropout: bool,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    rules: model_sharding.LogicalAxisRules,
+    state_shardings: TrainState,
+    batch_sharding: NamedSharding,
     donate: bool = True,
+    batch_keys: tuple[str, ...] = LAYOUT_BATCH_KEYS["seq2seq"],
+    frozen_shardings: Any = None,
 ) -> TrainStepFn:
-    """The jitted (state, batch) -> (new state, metrics) for this config.
+    """The jitted (state, batch) -> (new state, metrics); with LoRA (state, batch, frozen).
 
-    - Dropout key = fold_in(key(config.seed, impl=config.rng_impl), state.step): the step is a
-      pure function and a resumed run draws the same masks as an uninterrupted one. With
-      dropout_rate 0 no key is made and the model runs deterministic.
-    - config.grad_accum_steps > 1 scans over micro-batches, summing gradients; each micro-batch
-      loss uses the whole batch's per-task token counts (see loss.py), so the update equals the
-      full-batch one.
+    - Dropout key: `dropout_key` (fold_in of the step); with dropout_rate 0 no key is made
+      and the model runs deterministic.
+    - step.grad_accum_steps > 1 scans over micro-batches, summing gradients.
     - Gradients are clipped by global norm inside the optimizer (optimizer.py).
-    - Metrics (replicated device scalars): loss, label_loss, rationale_loss, label_tokens,
-      rationale_tokens, grad_norm (before clipping), learning_rate (used for this update).
-    The batch must hold MODEL_INPUT_KEYS (extra keys are ignored), split over ('data', 'fsdp').
+    - Metrics (replicated device scalars): loss.STEP_METRICS, grad_norm before clipping and
+      the learning_rate used for this update.
+    The batch must hold `batch_keys` (the model family's contract, data.features
+    LAYOUT_BATCH_KEYS; extra keys are ignored), split over ('data', 'fsdp'). The activation
+    rules are fixed here, so they are part of this jit.
     """
-    rules = partitioning.resolve_rules(rules if rules is not None else config.logical_axis_rules)
-    alpha = float(config.alpha)
-    method = config.method
-    num_micro = int(config.grad_accum_steps)
-    seed = int(config.seed)
-    rng_impl = config.get("rng_impl", "threefry2x32")
-    use_dropout = build_model_config(config).dropout_rate > 0
-    schedule = optimizer_lib.make_learning_rate_schedule(config)
-    loss_fn = make_loss_fn(graphdef, alpha, method)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     param_shardings = state_shardings.params
-    batch_sharding = partitioning.batch_sharding(mesh)
+    activations = model_sharding.ActivationSharding(mesh, rules)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        batch = {key: batch[key] for key in MODEL_INPUT_KEYS}
-        step_key = None
-        if use_dropout:
-            step_key = jax.random.fold_in(jax.random.key(seed, impl=rng_impl), state.step)
-        counts = loss_lib.task_token_counts(batch)
-        with model_sharding.activation_rules(mesh, rules):
-            if num_micro == 1:
-                (_, metrics), grads = grad_fn(state.params, batch, step_key, counts)
-            else:
-                micro_batches = _split_microbatches(batch, num_micro)
-
-                def accumulate(carry, xs):
-                    grads_sum, metrics_sum = carry
-                    index, micro = xs
-                    micro = jax.lax.with_sharding_constraint(micro, batch_sharding)
-                    key = None if step_key is None else jax.random.fold_in(step_key, index)
-                    (_, metrics), grads = grad_fn(state.params, micro, key, counts)
-                    grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-                    metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
-                    return (grads_sum, metrics_sum), None
-
-                zero_grads = jax.lax.with_sharding_constraint(
-                    jax.tree.map(jnp.zeros_like, state.params), param_shardings
-                )
-                zero_metrics = {
-                    name: jnp.zeros((), jnp.float32)
-                    for name in (
-                        "loss",
-                        "label_loss",
-                        "rationale_loss",
-                        "label_tokens",
-                        "rationale_tokens",
-                    )
-                }
-                (grads, metrics), _ = jax.lax.scan(
-                    accumulate,
-                    (zero_grads, zero_metrics),
-                    (jnp.arange(num_micro), micro_batches),
-                )
+    def train_step(
+        state: TrainState, batch: Batch, frozen: Any = None
+    ) -> tuple[TrainState, Metrics]:
+        grad_fn = jax.value_and_grad(functools.partial(loss_fn, frozen=frozen), has_aux=True)
+        batch = {key: batch[key] for key in batch_keys}
+        key = dropout_key(step, use_dropout, state.step)
+        with model_sharding.activation_sharding(activations):
+            metrics, grads = _accumulated_grads(
+                grad_fn,
+                state.params,
+                batch,
+                key,
+                step.grad_accum_steps,
+                batch_sharding,
+                param_shardings,
+            )
         grads = jax.lax.with_sharding_constraint(grads, param_shardings)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -286,9 +356,17 @@ def make_train_step(
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
+    if frozen_shardings is None:
+        return jax.jit(
+            train_step,
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, partitioning.replicated(mesh)),
+            donate_argnums=(0,) if donate else (),
+        )
+    # LoRA: the frozen base is a third argument with its own shardings, never donated.
     return jax.jit(
         train_step,
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, batch_sharding, frozen_shardings),
         out_shardings=(state_shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
@@ -296,18 +374,22 @@ def make_train_step(
 
 @dataclasses.dataclass(frozen=True)
 class TrainProgram:
-    """Everything the loop needs to train one config on one mesh, built once.
+    """Everything the loop needs to train one model on one mesh, built once.
 
     init_fn(key) -> sharded TrainState; init_from_params_fn(params) -> TrainState for a
-    pretrained start; train_step(state, batch) -> (state, metrics); abstract_state (shapes, for
-    Orbax restore together with state_shardings, see `with_shardings`); graphdef + params give
-    the model back: `nnx.merge(program.graphdef, state.params)`.
+    pretrained start; train_step(state, batch, *frozen_args) -> (state, metrics); abstract_state
+    (shapes, for Orbax restore together with state_shardings, see `with_shardings`).
+    graphdef is the plain model's: `nnx.merge(program.graphdef, program.model_params(
+    state.params, frozen))` gives the model back (evaluation, export); `activation_sharding` is
+    what a decoder jitted over the same mesh takes (model.decode's static argument).
+    frozen: the LoRA base (FrozenBase), None for full training; train_graphdef merges with the
+    state's params (and the frozen base) in the step.
     """
 
-    config: ml_collections.ConfigDict
     mesh: Mesh
-    rules: partitioning.LogicalAxisRules
-    model_config: T5Config
+    rules: model_sharding.LogicalAxisRules
+    model_spec: ModelSpec
+    model_config: Any
     optimizer: optax.GradientTransformation
     graphdef: nnx.GraphDef
     abstract_state: TrainState
@@ -316,19 +398,31 @@ class TrainProgram:
     init_fn: Callable[[jax.Array], TrainState]
     init_from_params_fn: Callable[[nnx.State], TrainState]
     train_step: TrainStepFn
+    train_graphdef: nnx.GraphDef | None = None
+    frozen: FrozenBase | None = None
 
     @property
     def abstract_state_with_shardings(self) -> TrainState:
         return with_shardings(self.abstract_state, self.state_shardings)
 
-    def model(self, state: TrainState) -> T5:
-        """The NNX model holding `state.params` (no copy), e.g. for evaluation or export."""
-        return nnx.merge(self.graphdef, state.params)
+    @property
+    def activation_sharding(self) -> model_sharding.ActivationSharding:
+        return model_sharding.ActivationSharding(self.mesh, self.rules)
+
+    def model_params(self, params: nnx.State, frozen: Any = None) -> nnx.State:
+        """The plain model's params: `params` themselves, or with LoRA the adapters merged
+        into the frozen base."""
+        if self.frozen is None:
+            return params
+        return self.frozen.to_model_params(params, frozen)
 
 
 def build_train_program(
-    config: ml_collections.ConfigDict,
+    model: ModelSpec,
+    optimizer: OptimizerSpec,
+    step: StepSpec,
     mesh: Mesh,
+    rules: model_sharding.LogicalAxisRules,
     *,
     platform: str | None = None,
     donate: bool = True,
@@ -338,24 +432,43 @@ def build_train_program(
     `platform` picks the 'auto' compute dtype (default: this process's JAX backend; AOT passes
     the target's). Nothing is allocated until init_fn is called.
     """
-    rules = partitioning.resolve_rules(config.logical_axis_rules)
-    model_config = build_model_config(config, platform)
-    optimizer = optimizer_lib.make_optimizer(config)
-    graphdef, abstract_state = abstract_train_state(model_config, optimizer)
+    model_config = model.config_for(platform or jax.default_backend())
+    transform = optimizer_lib.make_optimizer(optimizer)
+    graphdef, abstract_state = abstract_train_state(model, model_config, transform)
     state_shardings = train_state_shardings(abstract_state, mesh, rules)
-    return TrainProgram(
-        config=config,
+    batch_sharding = partitioning.batch_sharding(mesh)  # one for the step, the loop and eval
+    frozen = None
+    if model.lora is not None:
+        frozen = make_frozen_base(model, model_config, transform, mesh, rules, step.seed)
+    train_step = make_train_step(
+        step,
+        make_loss_fn(model, graphdef, step.alpha, step.method),
+        use_dropout=getattr(model_config, "dropout_rate", 0.0) > 0,
+        optimizer=transform,
+        schedule=optimizer_lib.make_learning_rate_schedule(optimizer),
         mesh=mesh,
         rules=rules,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        donate=donate,
+        batch_keys=LAYOUT_BATCH_KEYS[model.family.batch_layout],
+        frozen_shardings=None if frozen is None else frozen.shardings,
+    )
+    return TrainProgram(
+        mesh=mesh,
+        rules=rules,
+        model_spec=model,
         model_config=model_config,
-        optimizer=optimizer,
-        graphdef=graphdef,
+        optimizer=transform,
+        graphdef=graphdef if frozen is None else _plain_graphdef(model, model_config),
         abstract_state=abstract_state,
         state_shardings=state_shardings,
-        batch_sharding=partitioning.batch_sharding(mesh),
-        init_fn=make_init_fn(model_config, optimizer, state_shardings),
-        init_from_params_fn=make_state_from_params_fn(optimizer, state_shardings),
-        train_step=make_train_step(
-            config, graphdef, mesh, state_shardings, optimizer, rules, donate=donate
+        batch_sharding=batch_sharding,
+        init_fn=make_init_fn(model, model_config, transform, state_shardings),
+        init_from_params_fn=make_state_from_params_fn(
+            model, model_config, transform, state_shardings, step.seed
         ),
+        train_step=train_step,
+        train_graphdef=graphdef,
+        frozen=frozen,
     )

@@ -3,7 +3,10 @@
 Every problem found is listed in one ConfigError (a ValueError), each line naming the field,
 its value and the fix, e.g.
   config.batch_size=60: not divisible by the data-parallel size data*fsdp = 8; use a multiple of 8
-so a run fails in its first second instead of after compiling for minutes.
+so a run fails in its first second instead of after compiling for minutes. Part of the config
+boundary (with from_config.py): the entry points call it, nothing below them reads a config.
+The checks that need the devices run on the RunSpec (spec.RunSpec.check_devices) and share
+their code with `validate(config, num_devices)`.
 """
 
 from __future__ import annotations
@@ -14,25 +17,31 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 
 from sbsd_jax.data.examples import KNOWN_DATASETS, SOURCE_KINDS
-from sbsd_jax.model.config import HUB_CHECKPOINTS, MODEL_NAMES, REMAT_POLICIES, get_model_config
-from sbsd_jax.train.loss import METHODS
-from sbsd_jax.train.mesh import (
-    ENV_COORDINATOR,
-    ENV_NUM_PROCESSES,
-    ENV_PROCESS_ID,
+from sbsd_jax.data.features import DECODER_TEMPLATES as TEMPLATES
+from sbsd_jax.data.features import METHOD_TASKS
+from sbsd_jax.model.config import HUB_CHECKPOINTS, REMAT_POLICIES
+from sbsd_jax.model.sharding import MESH_AXES
+from sbsd_jax.model.spec import all_model_names, family_of
+from sbsd_jax.runtime.compute_dtype import CPU_DTYPE_ENV, CPU_DTYPES
+from sbsd_jax.runtime.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from sbsd_jax.runtime.run_storage import is_url
+from sbsd_jax.settings.spec import (
+    EXPORT_WHICH,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    RNG_IMPLS,
+    ConfigError,
     MeshShapeError,
-    resolve_mesh_shape,
+    MeshSpec,
+    batch_split_problems,
 )
-from sbsd_jax.train.optimizer import LR_SCHEDULES, OPTIMIZERS
-from sbsd_jax.train.partitioning import MESH_AXES
-from sbsd_jax.train.run_storage import is_url
-from sbsd_jax.train.step import model_overrides
 
+__all__ = ["BYTE_VOCABULARY_SIZE", "ConfigError", "model_overrides", "validate"]
+
+METHODS: tuple[str, ...] = tuple(METHOD_TASKS)
 LABEL_TYPES: tuple[str, ...] = ("gt", "llm")
 COMPUTE_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float32", "float16")
 PARAM_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
-EXPORT_WHICH: tuple[str, ...] = ("best", "final")
-RNG_IMPLS: tuple[str, ...] = ("threefry2x32", "rbg", "unsafe_rbg")
 EVAL_SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # seqio.ByteVocabulary: pad, EOS, UNK, then the 256 byte values (checked in the tests).
 BYTE_VOCABULARY_SIZE = 259
@@ -42,14 +51,23 @@ _DATA_DIR_LAYOUTS = {
 }
 
 
-class ConfigError(ValueError):
-    """A config that cannot work; the message lists each offending field and the fix."""
+def model_overrides(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """config.model_overrides as config keyword arguments, unset (None) fields dropped."""
+    overrides = config.get("model_overrides") or {}
+    if isinstance(overrides, ml_collections.ConfigDict):
+        overrides = overrides.to_dict()
+    return {name: value for name, value in dict(overrides).items() if value is not None}
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = tuple(problems)
-        super().__init__(
-            "invalid config:\n" + "\n".join(f"  - {problem}" for problem in self.problems)
-        )
+
+def _environment_problems() -> list[str]:
+    """Environment variables the run reads later, checked now (one line each)."""
+    chosen = os.environ.get(CPU_DTYPE_ENV)
+    if chosen and chosen not in CPU_DTYPES:
+        return [
+            f"environment variable {CPU_DTYPE_ENV}={chosen!r}: choose one of "
+            f"{', '.join(CPU_DTYPES)} (or unset it)"
+        ]
+    return []
 
 
 def _one_of(config: ml_collections.ConfigDict, field: str, allowed: Sequence[str]) -> str | None:
@@ -291,16 +309,73 @@ _POSITIVE: tuple[str, ...] = (
 
 
 def _model_problems(config: ml_collections.ConfigDict, check_data: bool) -> list[str]:
-    """The model name, its overrides, and (check_data) a vocabulary that fits its embedding."""
-    if config.model not in MODEL_NAMES:
-        return [
-            f"config.model={config.model!r}: unknown model; choose one of {', '.join(MODEL_NAMES)}"
-        ]
+    """The model name, its overrides, LoRA, decoder-only rows and (check_data) a vocabulary
+    that fits its embedding."""
+    names = all_model_names()
+    if config.model not in names:
+        return [f"config.model={config.model!r}: unknown model; choose one of {', '.join(names)}"]
+    family = family_of(config.model)
     try:
-        model_config = get_model_config(config.model, **model_overrides(config))
+        model_config = family.make_config(config.model, **model_overrides(config))
     except (ValueError, TypeError) as error:
         return [f"config.model_overrides: {error}"]
-    return _vocabulary_problems(config, model_config.vocab_size) if check_data else []
+    problems = _lora_problems(config)
+    if family.causal:
+        problems += _causal_problems(config)
+        if check_data:
+            problems += _hf_tokenizer_problems(config, model_config.vocab_size)
+        return problems
+    return problems + (_vocabulary_problems(config, model_config.vocab_size) if check_data else [])
+
+
+def _lora_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """config.lora: a LoraSpec that can be built (one line naming the field)."""
+    from sbsd_jax.settings.from_config import lora_spec
+
+    try:
+        lora_spec(config)
+    except (ValueError, TypeError) as error:
+        return [f"config.lora: {str(error).replace('LoraSpec.', 'config.lora.')}"]
+    return []
+
+
+def _causal_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """A decoder-only student's template and row length."""
+    problems = []
+    if config.decoder_template not in TEMPLATES:
+        problems.append(
+            f"config.decoder_template={config.decoder_template!r}: unknown; choose one of "
+            f"{', '.join(TEMPLATES)}"
+        )
+    length = config.decoder_row_length
+    if not _is_int(length) or length < 0:
+        problems.append(f"config.decoder_row_length={length!r}: must be >= 0 (0 = input + target)")
+    elif 0 < length < 3:
+        problems.append(
+            f"config.decoder_row_length={length}: a row needs a prompt, a target token and EOS"
+        )
+    return problems
+
+
+def _hf_tokenizer_problems(config: ml_collections.ConfigDict, model_vocab_size: int) -> list[str]:
+    """A decoder-only student's vocabulary: a seqio one (as for T5), a folder holding a Hugging
+    Face tokenizer, or the hub id of config.init_checkpoint (fetched when the run starts)."""
+    from sbsd_jax.settings.from_config import is_seqio_vocabulary
+
+    spec = str(config.vocabulary or "")
+    if is_seqio_vocabulary(spec):
+        return _vocabulary_problems(config, model_vocab_size)
+    if spec and spec == str(config.init_checkpoint or "") and not os.path.exists(spec):
+        return []
+    if not os.path.isdir(spec) or not any(
+        os.path.isfile(os.path.join(spec, name))
+        for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        return [
+            f"config.vocabulary={spec!r}: for a decoder-only student use 'byte', a SentencePiece "
+            "model, a folder with a Hugging Face tokenizer, or the hub id of config.init_checkpoint"
+        ]
+    return []
 
 
 def _number_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -333,14 +408,29 @@ def _device_problems(
     config: ml_collections.ConfigDict, num_devices: int | None, num_processes: int
 ) -> list[str]:
     """Mesh field values always; mesh sizes and batch splits once the devices are known."""
-    problems = _mesh_field_problems(config.get("mesh") or {})
+    mesh = config.get("mesh") or {}
+    problems = _mesh_field_problems(mesh)
     if num_devices is None or problems:
         return problems
+    spec = MeshSpec(
+        data=mesh.get("data", 1),
+        fsdp=mesh.get("fsdp", 1),
+        tensor=mesh.get("tensor", 1),
+        dcn_data=mesh.get("dcn_data", 1),
+        rules=(),
+    )
     try:
-        data, fsdp, tensor = resolve_mesh_shape(config.mesh, num_devices)
+        shape = spec.shape(num_devices)
     except MeshShapeError as error:
         return [str(error)]
-    return _batch_split_problems(config, data, fsdp, tensor, num_devices, num_processes)
+    return batch_split_problems(
+        shape,
+        batch_size=config.batch_size,
+        grad_accum_steps=config.grad_accum_steps,
+        eval_batch_size=config.eval_batch_size,
+        num_devices=num_devices,
+        num_processes=num_processes,
+    )
 
 
 def validate(
@@ -365,50 +455,6 @@ def validate(
         problems += _data_problems(config)
     problems += _rules_problems(config.get("logical_axis_rules"))
     problems += _device_problems(config, num_devices, num_processes)
+    problems += _environment_problems()
     if problems:
         raise ConfigError(problems)
-
-
-def _batch_split_problems(
-    config: ml_collections.ConfigDict,
-    data: int,
-    fsdp: int,
-    tensor: int,
-    num_devices: int,
-    num_processes: int,
-) -> list[str]:
-    """The mesh uses the devices a multi-process run has, and batches split over it."""
-    problems = []
-    total = data * fsdp * tensor
-    if total < num_devices and num_processes > 1:
-        problems.append(
-            f"config.mesh uses {total} of {num_devices} devices; a multi-process run must use "
-            f"all of them (set one mesh axis to -1)"
-        )
-    data_parallel = data * fsdp
-    accum = config.grad_accum_steps
-    batch = config.batch_size
-    if isinstance(batch, int) and isinstance(accum, int) and batch > 0 and accum > 0:
-        if batch % accum:
-            problems.append(
-                f"config.grad_accum_steps={accum}: must divide config.batch_size={batch}"
-            )
-        elif (batch // accum) % data_parallel:
-            needed = accum * data_parallel
-            problems.append(
-                f"config.batch_size={batch}: each of the {accum} micro-batch(es) "
-                f"({batch // accum} examples) must split evenly over the data-parallel size "
-                f"data*fsdp = {data}*{fsdp} = {data_parallel}; use a batch size that is a "
-                f"multiple of {needed}, or change config.mesh / config.grad_accum_steps"
-            )
-        # No check against the process count: each process loads the rows its devices hold
-        # (partitioning.process_batch_rows), processes sharing batch shards (a 'tensor'
-        # axis across processes) load the same rows, so the rows need only split over the
-        # data*fsdp shards, checked above.
-    eval_batch = config.eval_batch_size
-    if isinstance(eval_batch, int) and eval_batch > 0 and eval_batch % data_parallel:
-        problems.append(
-            f"config.eval_batch_size={eval_batch}: must be a multiple of the data-parallel "
-            f"size data*fsdp = {data_parallel}"
-        )
-    return problems
