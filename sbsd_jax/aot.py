@@ -34,10 +34,12 @@ from sbsd_jax.data.features import (  # noqa: E402
     BatchingSpec,
     batch_shapes,
     causal_batch_shapes,
-    tasks_per_example,
 )
+from sbsd_jax.eval.mfu import TrainStepShape  # noqa: E402
 from sbsd_jax.experiments.config_files import parse_config_flags  # noqa: E402
 from sbsd_jax.model import flops as flops_lib  # noqa: E402
+from sbsd_jax.model.config import T5Config  # noqa: E402
+from sbsd_jax.model.decoder_only.config import DecoderConfig  # noqa: E402
 from sbsd_jax.model.flops import CHIP_PEAKS, ChipPeak, chip_for  # noqa: E402, F401 (re-export)
 from sbsd_jax.settings import from_config  # noqa: E402
 from sbsd_jax.settings.spec import ConfigError, RunSpec  # noqa: E402
@@ -274,27 +276,21 @@ class StepCost:
 def step_cost(
     compiled: jax.stages.Compiled,
     spec: RunSpec,
-    model_config: object,
+    model_config: T5Config | DecoderConfig,
     chips: int,
     peak: ChipPeak,
 ) -> StepCost:
     """The compiled step's cost next to the formula for the run's full-length batch."""
-    from sbsd_jax.model.flops import train_step_flops
-
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):  # older jax: one dict per program
         analysis = analysis[0]
-    batching, accum = spec.batching, spec.step.grad_accum_steps
-    rows = batching.batch_size * tasks_per_example(spec.step.method)
-    model_flops = train_step_flops(
-        model_config, rows * accum, batching.max_input_length, batching.max_target_length
-    )
+    shape = TrainStepShape.of_run(spec)
     return StepCost(
-        model_flops=float(model_flops),
+        model_flops=float(shape.model_flops(model_config)),
         xla_flops=float(analysis.get("flops", 0.0)),
         xla_bytes=float(analysis.get("bytes accessed", 0.0)),
         chips=chips,
-        examples_per_step=batching.batch_size * accum,
+        examples_per_step=shape.batch_size * shape.grad_accum_steps,
         peak=peak,
     )
 
@@ -369,9 +365,7 @@ def main(argv: list[str]) -> None:
     print(f"compiled in {seconds:.1f} s")
     print(report.table())
     chip = _CHIP.value or chip_for(devices[0].device_kind, _TOPOLOGY.value)
-    if chip is not None and spec.causal is not None:
-        print("step cost: FLOP formula for encoder-decoder students only (model/flops.py)")
-    elif chip is not None:
+    if chip is not None:
         cost = step_cost(compiled, spec, program.model_config, len(devices), CHIP_PEAKS[chip])
         print(f"step cost on {chip} (peaks: published figures):")
         print(cost.table(_MEASURED.value))

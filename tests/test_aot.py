@@ -94,6 +94,43 @@ def test_tiny_train_step_compiles_for_a_v5e_2x2_slice_and_reports_its_memory():
     assert report.fits
 
 
+def tiny_decoder_config(base_qtype: str) -> ml_collections.ConfigDict:
+    """The Qwen2.5 step-by-step recipe at a tiny size; QLoRA when base_qtype is not 'none'."""
+    spec = importlib.util.spec_from_file_location("qwen", CONFIGS / "qwen2_5_0_5b_step_by_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model, config.init_checkpoint, config.vocabulary = "qwen2_5_tiny", "", "byte"
+    config.model_overrides.vocab_size = 512
+    config.batch_size, config.eval_batch_size = 4, 4
+    config.max_input_length, config.max_target_length, config.decoder_row_length = 32, 16, 48
+    config.mesh.update(data=1, fsdp=2, tensor=2)
+    config.lora.enabled = base_qtype != "none"
+    config.lora.base_qtype = base_qtype
+    return config
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason='needs libtpu: pip install "jax[tpu]==<jax version>"')
+def test_a_decoder_only_student_compiles_for_a_v5e_2x2_slice_with_and_without_qlora():
+    devices = aot.topology_devices("v5e:2x2")
+    reports, programs = {}, {}
+    for base_qtype in ("none", "nf4"):
+        spec = from_config.run_spec(tiny_decoder_config(base_qtype), check_data=False)
+        compiled, programs[base_qtype] = aot.compile_train_step(spec, devices)
+        reports[base_qtype] = aot.memory_report(compiled, aot.hbm_bytes_for("TPU v5 lite"))
+        assert reports[base_qtype].fits
+        cost = aot.step_cost(
+            compiled, spec, programs[base_qtype].model_config, 4, aot.CHIP_PEAKS["v5e"]
+        )
+        assert cost.model_flops > 0 and cost.bound_seconds > 0
+    full, qlora = programs["none"], programs["nf4"]
+    assert full.frozen is None and qlora.frozen is not None  # the 4-bit base: its own argument
+    trained = sum(x.size for x in jax.tree.leaves(qlora.abstract_state.params))
+    assert trained < sum(x.size for x in jax.tree.leaves(full.abstract_state.params)) / 4
+    # Adapters and their Adam moments in place of every weight's: fewer argument bytes.
+    assert reports["nf4"].argument_bytes < reports["none"].argument_bytes
+
+
 def test_an_unknown_config_field_is_named_like_the_trainer_does():
     import subprocess
     import sys

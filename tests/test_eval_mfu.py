@@ -14,14 +14,12 @@ from sbsd_jax.model import flops
 from sbsd_jax.model.config import get_model_config
 
 TINY = get_model_config("t5_v1_1_tiny", vocab_size=300, num_encoder_layers=1, num_decoder_layers=1)
-RUN = mfu.TrainStepShape.of_config(
-    {
-        "method": "step_by_step",
-        "batch_size": 8,
-        "grad_accum_steps": 2,
-        "max_input_length": 64,
-        "max_target_length": 16,
-    }
+RUN = mfu.TrainStepShape(
+    method="step_by_step",
+    batch_size=8,
+    grad_accum_steps=2,
+    max_input_length=64,
+    max_target_length=16,
 )
 
 
@@ -89,3 +87,31 @@ def test_run_directory_report_writes_mfu_json_only_when_step_times_are_logged(tm
     )
     assert lines[0] == f"measured MFU of training: {100 * saved['mfu']:.1f}%"
     assert "published bf16 dense peak of v5e" in lines[1]
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_0_5b", "llama_3_2_1b", "gemma_2_2b", "phi_3_mini_4k"])
+def test_a_decoder_only_token_costs_two_flops_per_matmul_weight_plus_attention(name):
+    """The formula against the model itself: every kernel weight (not biases or norm scales,
+    not the embedding lookup; the head reuses the table when tied) is one multiply-add per
+    token."""
+    from flax import nnx
+
+    from sbsd_jax.model.decoder_only.config import get_decoder_config
+    from sbsd_jax.model.decoder_only.transformer import DecoderOnlyLM
+
+    config = get_decoder_config(name)
+    model = nnx.eval_shape(lambda: DecoderOnlyLM(config, rngs=nnx.Rngs(0)))
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    matmul_weights = sum(
+        leaf.size
+        for path, leaf in leaves
+        if leaf.ndim >= 2 and not any("bias" in str(key) for key in path)
+    )
+    if not config.tie_word_embeddings:
+        matmul_weights -= config.vocab_size * config.d_model
+    length = 512
+    attention = 4 * length * config.num_heads * config.head_dim * config.num_layers
+    per_token = flops.causal_lm_flops_per_token(config, length)
+    assert per_token == 2 * matmul_weights + attention
+    shape = mfu.TrainStepShape("step_by_step", 4, 1, 0, 0, row_length=length)
+    assert shape.model_flops(config) == 3 * (2 * 4) * length * per_token  # predict + explain

@@ -66,6 +66,13 @@ def test_training_run_logs_falling_loss_evaluates_and_writes_every_file(tmp_path
     assert losses[-1] < 0.7 * losses[0]
     train_rows = [row for row in rows if "train_loss" in row]
     assert all("train_label_loss" in r and "train_rationale_loss" in r for r in train_rows)
+    # Step times: none for the window that compiled the step, one for every later window
+    # (timed again after the evaluation at 15 and the saves at 10, 20); measured MFU from them.
+    timed = [row["step"] for row in train_rows if row.get("train_step_seconds", 0) > 0]
+    assert timed == [10, 15, 20, 25, 30]
+    mfu = json.loads((workdir / "mfu.json").read_text())
+    assert mfu["windows"] == 5 and 0 < mfu["mfu"] < 1 and mfu["model_flops"] > 0
+    assert "measured MFU of training:" in result.stdout
     eval_rows = [row for row in rows if "valid_accuracy" in row]
     assert [row["step"] for row in eval_rows] == [15, 30]
     assert any("test_accuracy" in row and row["step"] == 30 for row in rows)

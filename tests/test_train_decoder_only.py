@@ -72,6 +72,8 @@ def test_main_trains_evaluates_checkpoints_and_exports_a_decoder_only_student(tm
 
     losses = [row["train_loss"] for row in read_metrics(workdir) if "train_loss" in row]
     assert len(losses) == 3 and losses[-1] < 0.5 * losses[0], losses
+    mfu = json.loads((workdir / "mfu.json").read_text())  # the decoder-only FLOP formula
+    assert mfu["windows"] == 2 and 0 < mfu["mfu"] < 1, mfu
     assert any("valid_accuracy" in row for row in read_metrics(workdir))
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         "15",

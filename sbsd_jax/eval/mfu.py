@@ -21,6 +21,7 @@ Written as mfu.json in the run directory, printed laid out as `python -m sbsd_ja
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -32,6 +33,8 @@ from etils import epath
 
 from sbsd_jax.model import flops
 from sbsd_jax.model.config import T5Config
+from sbsd_jax.model.decoder_only.config import DecoderConfig
+from sbsd_jax.settings.spec import RunSpec
 
 STEP_SECONDS_METRIC = "train_step_seconds"
 MFU_FILE = "mfu.json"
@@ -46,16 +49,28 @@ class TrainStepShape:
     grad_accum_steps: int
     max_input_length: int
     max_target_length: int
+    row_length: int = 0  # decoder-only students: slots per row (0: encoder-decoder)
 
     @classmethod
-    def of_config(cls, config: Mapping[str, Any]) -> TrainStepShape:
-        """From a run's config (config.json / ConfigDict fields of the same names)."""
+    def of_run(cls, spec: RunSpec) -> TrainStepShape:
+        """The shapes the run's train step compiles for."""
+        batching = spec.batching
         return cls(
-            method=str(config["method"]),
-            batch_size=int(config["batch_size"]),
-            grad_accum_steps=int(config.get("grad_accum_steps", 1)),
-            max_input_length=int(config["max_input_length"]),
-            max_target_length=int(config["max_target_length"]),
+            method=spec.step.method,
+            batch_size=batching.batch_size,
+            grad_accum_steps=spec.step.grad_accum_steps,
+            max_input_length=batching.max_input_length,
+            max_target_length=batching.max_target_length,
+            row_length=batching.row_length,
+        )
+
+    def model_flops(self, model_config: T5Config | DecoderConfig) -> int:
+        """One optimizer step's model FLOPs (all micro-batches, all chips) by formula."""
+        rows = flops.train_step_rows(self.method, self.batch_size, self.grad_accum_steps)
+        if isinstance(model_config, DecoderConfig):
+            return flops.causal_lm_train_step_flops(model_config, rows, self.row_length)
+        return flops.train_step_flops(
+            model_config, rows, self.max_input_length, self.max_target_length
         )
 
 
@@ -154,6 +169,12 @@ def matmul_peak_flops(
     return 2 * size**3 / best
 
 
+@functools.cache
+def _measured_peak(compute_dtype: str, size: int, device: Any) -> float:
+    """Once per process and device: every run a sweep or test process finishes divides by it."""
+    return matmul_peak_flops(compute_dtype, size, device=device)
+
+
 def device_peak(device: Any, compute_dtype: str, chip: str | None = None) -> PeakFlops:
     """Published bf16 peak of `chip` (default: the chip of `device`'s kind), else a matmul
     measured on `device` in `compute_dtype`."""
@@ -162,7 +183,7 @@ def device_peak(device: Any, compute_dtype: str, chip: str | None = None) -> Pea
         peak = flops.CHIP_PEAKS[chip]
         return PeakFlops(peak.bf16_tflops * 1e12, f"published bf16 dense peak of {chip}")
     size = 2048 if device.platform == "cpu" else 8192
-    measured = matmul_peak_flops(compute_dtype, size, device=device)
+    measured = _measured_peak(compute_dtype, size, device)
     return PeakFlops(
         measured,
         f"no published peak: best {compute_dtype} {size}^3 matmul measured now on this "
@@ -172,7 +193,7 @@ def device_peak(device: Any, compute_dtype: str, chip: str | None = None) -> Pea
 
 def measure(
     shape: TrainStepShape,
-    model_config: T5Config,
+    model_config: T5Config | DecoderConfig,
     rows: Sequence[Mapping[str, Any]],
     *,
     chips: int,
@@ -183,18 +204,14 @@ def measure(
     timing = median_step_seconds(rows)
     if timing is None:
         return None
-    batch, accum = shape.batch_size, shape.grad_accum_steps
-    step_rows = flops.train_step_rows(shape.method, batch, accum)
-    model_flops = flops.train_step_flops(
-        model_config, step_rows, shape.max_input_length, shape.max_target_length
-    )
+    model_flops = shape.model_flops(model_config)
     return MeasuredMFU(
         model_flops=float(model_flops),
         step_seconds=timing[0],
         windows=timing[1],
         chips=chips,
         device=device,
-        examples_per_step=batch * accum,
+        examples_per_step=shape.batch_size * shape.grad_accum_steps,
         peak_flops_per_chip=peak.flops_per_second,
         peak_source=peak.source,
     )

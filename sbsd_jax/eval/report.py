@@ -163,7 +163,7 @@ def report_run(workdir: str, step: int | None) -> list[str]:
     from sbsd_jax.eval.mfu import TrainStepShape
 
     return lines + training_mfu_lines(
-        TrainStepShape.of_config(config),
+        TrainStepShape.of_run(spec),
         program.model_config,
         paths.workdir,
         chips=chips,

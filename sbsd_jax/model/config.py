@@ -7,6 +7,7 @@ google/flan-t5-*), so a config built here can load their weights without reshapi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Iterable, Mapping
 from typing import Literal
 
 FeedForward = Literal["relu", "gated-gelu"]
@@ -19,6 +20,38 @@ REMAT_POLICIES: tuple[str, ...] = (
     "nothing_saveable",
     "everything_saveable",
 )
+
+
+# ----------------------------------------------------------------------------- field checks
+# Shared by the model configs (T5Config, DecoderConfig), so a bad value fails where it is set,
+# with one wording that names the class and field, rather than deep inside the model.
+
+
+def require_one_of(config: object, field: str, choices: Collection[str]) -> None:
+    """Raises ValueError unless the config's `field` is one of `choices`."""
+    value = getattr(config, field)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{field} must be one of {choices}, got {value!r}")
+
+
+def require_positive(config: object, fields: Iterable[str]) -> None:
+    """Raises ValueError naming the first of the config's `fields` that is not positive."""
+    for field in fields:
+        value = getattr(config, field)
+        if int(value) <= 0:
+            raise ValueError(f"{type(config).__name__}.{field} must be positive, got {value}")
+
+
+def reject_unknown_fields(config_class: type, overrides: Mapping[str, object]) -> None:
+    """Raises ValueError naming the overrides that are not fields of the config dataclass."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(config_class)}
+    if unknown:
+        raise ValueError(
+            f"Unknown {config_class.__name__} field(s) in overrides: {sorted(unknown)}"
+        )
+
+
+# ----------------------------------------------------------------------------- T5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,22 +92,20 @@ class T5Config:
             raise ValueError(
                 f"T5Config.feed_forward must be 'relu' or 'gated-gelu', got {self.feed_forward!r}"
             )
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"T5Config.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
-            )
-        for field in (
-            "d_model",
-            "d_kv",
-            "d_ff",
-            "num_heads",
-            "num_encoder_layers",
-            "num_decoder_layers",
-            "vocab_size",
-            "relative_attention_num_buckets",
-        ):
-            if int(getattr(self, field)) <= 0:
-                raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")
+        require_one_of(self, "remat_policy", REMAT_POLICIES)
+        require_positive(
+            self,
+            (
+                "d_model",
+                "d_kv",
+                "d_ff",
+                "num_heads",
+                "num_encoder_layers",
+                "num_decoder_layers",
+                "vocab_size",
+                "relative_attention_num_buckets",
+            ),
+        )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}")
 
@@ -160,7 +191,5 @@ def get_model_config(name: str, **overrides: object) -> T5Config:
     if canonical not in _CONFIGS:
         raise ValueError(f"Unknown T5 model name {name!r}; known names: {', '.join(MODEL_NAMES)}")
     config = _CONFIGS[canonical]
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(T5Config)}
-    if unknown:
-        raise ValueError(f"Unknown T5Config field(s) in overrides: {sorted(unknown)}")
+    reject_unknown_fields(T5Config, overrides)
     return config.replace(**overrides) if overrides else config

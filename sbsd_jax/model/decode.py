@@ -174,22 +174,14 @@ def _decode_loop(
     return jax.lax.while_loop(keep_going, one_step, carry)[3]
 
 
-def greedy_decode(
-    model_or_graphdef: T5 | nnx.GraphDef | tuple[nnx.GraphDef, nnx.State],
-    encoder_input_tokens: jax.Array,
-    *,
-    max_decode_length: int,
-    state: nnx.State | None = None,
-    eos_id: int = 1,
-    activation_sharding: sharding.ActivationSharding | None = None,
-) -> jax.Array:
-    """Greedy tokens int32 [B, max_decode_length] (no start token), 0 after each row's EOS.
+DecodeModel = nnx.Module | nnx.GraphDef | tuple[nnx.GraphDef, nnx.State]
 
-    The model may also be given as `(graphdef, state)`. Padding (id 0) in
-    `encoder_input_tokens` is masked. T5 vocabularies use EOS id 1; an eos_id no token has
-    (e.g. -1) decodes all max_decode_length tokens. `activation_sharding` (mesh + rules, see
-    model/sharding.py) constrains the activations of a sharded decode; None leaves them to XLA.
-    """
+
+def decode_graph_and_state(
+    model_or_graphdef: DecodeModel, state: nnx.State | None, max_decode_length: int
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """The (graphdef, state) a jitted decode takes, from the forms every greedy_decode accepts
+    (a model; a graphdef with state=; a (graphdef, state) pair), checking them and the length."""
     if isinstance(model_or_graphdef, tuple):
         if state is not None:
             raise ValueError("greedy_decode: state given twice")
@@ -206,6 +198,26 @@ def greedy_decode(
         raise ValueError(
             f"greedy_decode: max_decode_length must be positive, got {max_decode_length}"
         )
+    return graphdef, state
+
+
+def greedy_decode(
+    model_or_graphdef: T5 | nnx.GraphDef | tuple[nnx.GraphDef, nnx.State],
+    encoder_input_tokens: jax.Array,
+    *,
+    max_decode_length: int,
+    state: nnx.State | None = None,
+    eos_id: int = 1,
+    activation_sharding: sharding.ActivationSharding | None = None,
+) -> jax.Array:
+    """Greedy tokens int32 [B, max_decode_length] (no start token), 0 after each row's EOS.
+
+    The model may also be given as `(graphdef, state)`. Padding (id 0) in
+    `encoder_input_tokens` is masked. T5 vocabularies use EOS id 1; an eos_id no token has
+    (e.g. -1) decodes all max_decode_length tokens. `activation_sharding` (mesh + rules, see
+    model/sharding.py) constrains the activations of a sharded decode; None leaves them to XLA.
+    """
+    graphdef, state = decode_graph_and_state(model_or_graphdef, state, max_decode_length)
     tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
     return _greedy_decode(graphdef, state, tokens, max_decode_length, eos_id, activation_sharding)
 

@@ -1,4 +1,5 @@
-"""Model FLOPs of T5 by formula: a train step and a greedy decode, as MFU counts them.
+"""Model FLOPs by formula (T5 and decoder-only students): a train step and a greedy decode, as
+MFU counts them.
 
 A multiply-add is 2 FLOPs; a backward pass is twice its forward (so a train step is 3x the
 forward). Counted: every projection, the LM head and the two attention products (q.k and
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from sbsd_jax.model.config import T5Config
+from sbsd_jax.model.decoder_only.config import DecoderConfig
 
 
 def _mlp_matmuls(config: T5Config) -> int:
@@ -68,6 +70,24 @@ def decode_flops(config: T5Config, batch: int, source_length: int, steps: int) -
         decoder_flops_per_token(config, step + 1, source_length) for step in range(steps)
     )
     return batch * (once + per_steps)
+
+
+def causal_lm_flops_per_token(config: DecoderConfig, length: int) -> int:
+    """One token of a decoder-only student: q/k/v/o (grouped-query k and v are narrower), the
+    gated MLP (SwiGLU / GeGLU: three kernels), attention over the full row (a sliding window
+    is a mask: the compiled program still computes every q.k), the LM head."""
+    d, query = config.d_model, config.num_heads * config.head_dim
+    key_value = config.num_kv_heads * config.head_dim
+    per_layer = 2 * (2 * d * query + 2 * d * key_value + 3 * d * config.d_ff)
+    per_layer += 4 * length * query
+    return config.num_layers * per_layer + 2 * d * config.vocab_size
+
+
+def causal_lm_train_step_flops(config: DecoderConfig, rows: int, row_length: int) -> int:
+    """Forward + backward (3x forward) of one train step on rows x row_length slots. With LoRA
+    too: model/lora.py's adapters take their gradient through the full-size kernel's, so the
+    base's weight gradients are computed; the adapters' own rank x width FLOPs are left out."""
+    return 3 * rows * row_length * causal_lm_flops_per_token(config, row_length)
 
 
 def train_step_rows(method: str, batch_size: int, grad_accum_steps: int = 1) -> int:

@@ -4,6 +4,9 @@ Import reads a local directory (config.json + model.safetensors[.index.json] or
 pytorch_model.bin[.index.json], plus spiece.model if present); a hub id goes through
 `huggingface_hub.snapshot_download` first. Export writes config.json + model.safetensors (and
 copies tokenizer files) that `transformers.T5ForConditionalGeneration.from_pretrained` loads.
+The pieces that are not T5's own (safetensors reading and writing, config.json loading, tensor
+name and shape checks, unstacked-path <-> nnx.State conversion) are public here and shared with
+the decoder-only checkpoints (decoder_only/hf_checkpoint.py).
 
 Layout mapping (torch Linear weights are [out, in]; our kernels are [in, ...out]):
   shared.weight [V, d]                                  -> shared [V, d]
@@ -26,7 +29,7 @@ import shutil
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +47,7 @@ class CheckpointError(ValueError):
 # Tensors that HF writes or accepts but that carry no information for us.
 _IGNORED_TENSORS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 _TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_LAYER_AXIS = 2  # where an unstacked path ('encoder', 'layers', i, ...) holds the layer number
 _TOKENIZER_FILES = (
     "spiece.model",
     "tokenizer.json",
@@ -53,6 +57,8 @@ _TOKENIZER_FILES = (
 
 Path_ = tuple[Any, ...]
 TokenizerFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+ModelT = TypeVar("ModelT", bound=nnx.Module)
+ConfigT = TypeVar("ConfigT")
 
 
 # ----------------------------------------------------------------------------- config
@@ -244,13 +250,6 @@ def _layout(config: T5Config) -> list[_Mapping]:
     return mappings
 
 
-def _stacked_path(path: Path_) -> tuple[Path_, int | None]:
-    """('encoder', 'layers', i, ...) -> (('encoder', 'layers', ...), i) for scanned models."""
-    if len(path) > 2 and path[1] == "layers":
-        return (path[0], "layers", *path[3:]), path[2]
-    return path, None
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -267,7 +266,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file as numpy (bfloat16 via ml_dtypes, which numpy lacks)."""
     import safetensors.numpy
 
@@ -311,7 +310,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
 def read_hf_tensors(directory: Path) -> dict[str, np.ndarray]:
     """Every tensor of a HF checkpoint directory (single file or sharded with an index)."""
     for weights, index, reader in (
-        ("model.safetensors", "model.safetensors.index.json", _read_safetensors),
+        ("model.safetensors", "model.safetensors.index.json", read_safetensors),
         ("pytorch_model.bin", "pytorch_model.bin.index.json", _read_torch_bin),
     ):
         if (directory / weights).is_file():
@@ -325,6 +324,19 @@ def read_hf_tensors(directory: Path) -> dict[str, np.ndarray]:
     raise CheckpointError(
         f"{directory}: no model.safetensors, pytorch_model.bin or their .index.json found"
     )
+
+
+def config_from_dir(directory: Path, from_hf: Callable[..., ConfigT], **overrides: Any) -> ConfigT:
+    """Our config from a checkpoint directory's config.json, converted by the model family's
+    `from_hf` (its config_from_hf) with `overrides`; errors name the file."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: missing config.json")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_path}: invalid JSON ({error})") from error
+    return from_hf(hf_config, source=str(config_path), **overrides)
 
 
 def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path:
@@ -368,15 +380,9 @@ def params_from_hf_tensors(
                 break  # reported below as missing shared.weight
             # transformers>=5 saves an untied-but-unscaled head as tied: lm_head == shared.
             remaining[mapping.hf_name] = shared
-        if mapping.hf_name not in remaining:
-            raise CheckpointError(f"{source}: missing tensor {mapping.hf_name!r}")
-        value = np.asarray(remaining.pop(mapping.hf_name))
-        if tuple(value.shape) != mapping.hf_shape:
-            raise CheckpointError(
-                f"{source}: tensor {mapping.hf_name!r} has shape {tuple(value.shape)}, the config "
-                f"(d_model={config.d_model}, d_kv={config.d_kv}, d_ff={config.d_ff}, num_heads="
-                f"{config.num_heads}, vocab_size={config.vocab_size}) needs {mapping.hf_shape}"
-            )
+        value = take_tensor(
+            remaining, mapping.hf_name, mapping.hf_shape, source=source, sizes=_sizes(config)
+        )
         params[mapping.our_path] = mapping.to_ours(value)
     for name in _TIED_COPIES:
         if name in remaining:
@@ -395,55 +401,115 @@ def params_from_hf_tensors(
             )
     for name in _IGNORED_TENSORS:
         remaining.pop(name, None)
-    if remaining:
-        names = sorted(remaining)
-        raise CheckpointError(
-            f"{source}: unexpected tensor(s) for this config: "
-            f"{', '.join(repr(n) for n in names[:10])}"
-            + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        )
+    reject_unexpected_tensors(remaining, source)
     return params
 
 
-def _abstract_model(config: T5Config) -> T5:
-    return nnx.eval_shape(lambda: T5(config, rngs=nnx.Rngs(0)))
+def _sizes(config: T5Config) -> str:
+    """The config fields that a tensor's shape comes from, for errors."""
+    return (
+        f"d_model={config.d_model}, d_kv={config.d_kv}, d_ff={config.d_ff}, "
+        f"num_heads={config.num_heads}, vocab_size={config.vocab_size}"
+    )
 
 
-def state_from_params(params: Mapping[Path_, np.ndarray], config: T5Config) -> nnx.State:
-    """Fill our model's nnx.State (plain or scanned layout) with unstacked-path parameters."""
-    state = nnx.state(_abstract_model(config), nnx.Param)
-    grouped: dict[Path_, dict[int, np.ndarray]] = {}
+def take_tensor(
+    remaining: dict[str, np.ndarray], name: str, shape: tuple[int, ...], *, source: str, sizes: str
+) -> np.ndarray:
+    """Pops tensor `name` from `remaining`, checking it is there and has `shape`; the error for
+    a wrong shape quotes `sizes`, the config fields that shape comes from."""
+    if name not in remaining:
+        raise CheckpointError(f"{source}: missing tensor {name!r}")
+    value = np.asarray(remaining.pop(name))
+    if tuple(value.shape) != shape:
+        raise CheckpointError(
+            f"{source}: tensor {name!r} has shape {tuple(value.shape)}, the config ({sizes}) "
+            f"needs {shape}"
+        )
+    return value
+
+
+def reject_unexpected_tensors(names: Iterable[str], source: str) -> None:
+    """Raises naming (the first ten of) the tensors that no parameter of the config took, so a
+    checkpoint of another size or variant is not loaded with weights silently dropped."""
+    unexpected = sorted(names)
+    if unexpected:
+        raise CheckpointError(
+            f"{source}: unexpected tensor(s) for this config: "
+            f"{', '.join(repr(n) for n in unexpected[:10])}"
+            + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else "")
+        )
+
+
+# ----------------------------------------------------------------------------- our state
+#
+# Checkpoint code keys parameters by "unstacked" path, one entry per layer: `layer_axis` is the
+# position of the layer number in such a path (T5 ('encoder', 'layers', i, ...): 2; decoder-only
+# ('layers', i, ...): 1). A scanned model (config.scan_layers) holds those layers stacked under
+# the path without it; an unscanned model's paths are the unstacked ones.
+
+
+class LayeredConfig(Protocol):
+    """What the state conversion reads of a model config (T5Config, DecoderConfig)."""
+
+    @property
+    def scan_layers(self) -> bool: ...
+
+    @property
+    def param_dtype(self) -> str: ...
+
+
+def abstract_model(model_class: Callable[..., ModelT], config: Any) -> ModelT:
+    """The model's structure and shapes without values: what checkpoint values are put into."""
+    return nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
+
+
+def _is_layer_path(path: Path_, layer_axis: int) -> bool:
+    """Whether a path (stacked or not) is under the layers, with a layer number at layer_axis."""
+    return len(path) > layer_axis and path[layer_axis - 1] == "layers"
+
+
+def state_from_unstacked_params(
+    model_class: Callable[..., nnx.Module],
+    params: Mapping[Path_, np.ndarray],
+    config: LayeredConfig,
+    *,
+    layer_axis: int,
+) -> nnx.State:
+    """The nnx.State of Params of `model_class(config)`, filled with unstacked-path values (in
+    param_dtype, stacked per layer when scanned); errors name a parameter left without a value
+    or given one of the wrong shape."""
     plain: dict[Path_, np.ndarray] = {}
+    grouped: dict[Path_, dict[int, np.ndarray]] = {}
     for path, value in params.items():
-        target, layer = _stacked_path(path) if config.scan_layers else (path, None)
-        if layer is None:
-            plain[target] = value
+        if not config.scan_layers or not _is_layer_path(path, layer_axis):
+            plain[path] = value
         else:
-            grouped.setdefault(target, {})[layer] = value
+            target = (*path[:layer_axis], *path[layer_axis + 1 :])
+            grouped.setdefault(target, {})[path[layer_axis]] = value
     for target, layers in grouped.items():
         plain[target] = np.stack([layers[i] for i in range(len(layers))])
-
-    param_dtype = jnp.dtype(config.param_dtype)
+    dtype = jnp.dtype(config.param_dtype)
+    state = nnx.state(abstract_model(model_class, config), nnx.Param)
     flat = []
     for path, variable in nnx.to_flat_state(state):
+        name = "/".join(map(str, path))
         if path not in plain:
-            raise CheckpointError(
-                f"no checkpoint value for our parameter {'/'.join(map(str, path))}"
-            )
-        value = jnp.asarray(plain[path], dtype=param_dtype)
+            raise CheckpointError(f"no checkpoint value for our parameter {name}")
+        value = jnp.asarray(plain[path], dtype=dtype)
         if value.shape != variable.shape:
             raise CheckpointError(
-                f"parameter {'/'.join(map(str, path))}: shape {value.shape} "
-                f"!= expected {variable.shape}"
+                f"parameter {name}: shape {value.shape} != expected {variable.shape}"
             )
         flat.append((path, variable.replace(value)))
     return nnx.from_flat_state(flat)
 
 
-def params_from_state(
-    state: nnx.State | nnx.Module | Mapping[str, Any], config: T5Config
+def unstacked_params_from_state(
+    state: nnx.State | nnx.Module | Mapping[str, Any], config: LayeredConfig, *, layer_axis: int
 ) -> dict[Path_, np.ndarray]:
-    """Our (plain or scanned) model, nnx.State or pure dict -> numpy params by unstacked path."""
+    """A model, nnx.State or pure dict -> numpy values by unstacked path (a scanned model's
+    stacked layers split into one entry per layer)."""
     if isinstance(state, nnx.Module):
         state = nnx.state(state, nnx.Param)
     elif not isinstance(state, nnx.State):
@@ -453,12 +519,24 @@ def params_from_state(
         if isinstance(variable, nnx.Variable):
             variable = variable.get_value()
         value = np.asarray(jax.device_get(variable))
-        if config.scan_layers and len(path) > 2 and path[1] == "layers":
+        if config.scan_layers and _is_layer_path(path, layer_axis):
             for i in range(value.shape[0]):
-                params[(path[0], "layers", i, *path[2:])] = value[i]
+                params[(*path[:layer_axis], i, *path[layer_axis:])] = value[i]
         else:
             params[tuple(path)] = value
     return params
+
+
+def state_from_params(params: Mapping[Path_, np.ndarray], config: T5Config) -> nnx.State:
+    """Fill our model's nnx.State (plain or scanned layout) with unstacked-path parameters."""
+    return state_from_unstacked_params(T5, params, config, layer_axis=_LAYER_AXIS)
+
+
+def params_from_state(
+    state: nnx.State | nnx.Module | Mapping[str, Any], config: T5Config
+) -> dict[Path_, np.ndarray]:
+    """Our (plain or scanned) model, nnx.State or pure dict -> numpy params by unstacked path."""
+    return unstacked_params_from_state(state, config, layer_axis=_LAYER_AXIS)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -479,15 +557,8 @@ def load_hf_t5(
     or simply `load_hf_t5_model`.
     """
     directory = resolve_checkpoint_dir(path_or_hub_id)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{directory}: missing config.json")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_path}: invalid JSON ({error})") from error
-    config = config_from_hf(
-        hf_config, source=str(config_path), dtype=dtype, param_dtype=param_dtype, **config_overrides
+    config = config_from_dir(
+        directory, config_from_hf, dtype=dtype, param_dtype=param_dtype, **config_overrides
     )
     params = params_from_hf_tensors(read_hf_tensors(directory), config, source=str(directory))
     spm = directory / "spiece.model"
@@ -499,7 +570,7 @@ def load_hf_t5_model(
 ) -> tuple[T5, Path | None]:
     """Like `load_hf_t5` but returns a ready model (config at `model.config`)."""
     config, state, spm = load_hf_t5(path_or_hub_id, **kwargs)
-    graphdef = nnx.graphdef(_abstract_model(config))
+    graphdef = nnx.graphdef(abstract_model(T5, config))
     return nnx.merge(graphdef, state), spm
 
 
@@ -522,8 +593,6 @@ def save_hf_t5(
     """
     if byte_vocabulary and tokenizer_file is not None:
         raise ValueError("save_hf_t5: a byte vocabulary has no tokenizer file to copy")
-    import safetensors.numpy
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = params_from_state(model_or_params, config)
@@ -538,14 +607,9 @@ def save_hf_t5(
         if dtype is not None:
             value = value.astype(jnp.dtype(dtype))
         tensors[mapping.hf_name] = value
-    if dtype in ("bfloat16",):
-        _write_safetensors_raw(tensors, out / "model.safetensors")
-    else:
-        safetensors.numpy.save_file(
-            tensors, str(out / "model.safetensors"), metadata={"format": "pt"}
-        )
+    write_safetensors(tensors, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
-    for file in _as_list(tokenizer_file):
+    for file in file_list(tokenizer_file):
         source = Path(file)
         if not source.is_file():
             raise CheckpointError(f"save_hf_t5: tokenizer file {source} does not exist")
@@ -557,7 +621,8 @@ def save_hf_t5(
     return out
 
 
-def _as_list(files: Any) -> Iterable[Any]:
+def file_list(files: TokenizerFiles) -> list[str | os.PathLike[str]]:
+    """None, one path or several paths, as a list (the forms the export functions accept)."""
     if files is None:
         return []
     if isinstance(files, str | os.PathLike):
@@ -565,7 +630,17 @@ def _as_list(files: Any) -> Iterable[Any]:
     return list(files)
 
 
-def _write_safetensors_raw(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+def write_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    """A .safetensors file (torch's "pt" format) of the tensors, bfloat16 ones included."""
+    if any(value.dtype.name == "bfloat16" for value in tensors.values()):
+        write_safetensors_raw(tensors, path)
+    else:
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(dict(tensors), str(path), metadata={"format": "pt"})
+
+
+def write_safetensors_raw(tensors: Mapping[str, np.ndarray], path: Path) -> None:
     """safetensors writer for bfloat16 (which safetensors.numpy cannot express)."""
     names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}

@@ -683,6 +683,10 @@ def _train(
     progress = evaluate_splits.progress
     window: list[Mapping[str, jax.Array]] = []
     in_flight: list[jax.Array] = []  # one small output of each dispatched, unfinished step
+    # (perf_counter, step) where the current log window's timing began; None in the window
+    # that compiles the step. Restarted after each log fetch, evaluation and save, so a
+    # window's step_seconds is training alone (eval/mfu.py reads it as train_step_seconds).
+    clock: tuple[float, int] | None = None
     frozen_args = () if started.frozen is None else (started.frozen,)
     while control.keeps_training(step):
         local = next(started.train_iterator)
@@ -698,8 +702,11 @@ def _train(
                 f"{spec.loop.log_every} steps"
             )
         if plan.log:
-            values = _host_metrics(window)
+            values = _host_metrics(window)  # waits for the window's steps
             window.clear()
+            if clock is not None and step > clock[1]:
+                values["step_seconds"] = (time.perf_counter() - clock[0]) / (step - clock[1])
+            clock = (time.perf_counter(), step)
             logger.write(step, {f"train_{k}": v for k, v in values.items()})
             progress.update(step, {k: values[k] for k in ("loss",) if k in values})
         results: dict[str, EvalResult] = {}
@@ -727,6 +734,8 @@ def _train(
                 ),
                 evaluation_pending=outcome.evaluation_pending,
             )
+        if clock is not None and (plan.evaluate or outcome.save):
+            clock = (time.perf_counter(), step)
         if outcome.leave:
             progress.message(
                 f"SIGTERM after step {watcher.signal_step}: checkpointed step {step}, exiting"
@@ -787,15 +796,26 @@ def _wrap_up(
 def _run_reports(
     spec: RunSpec, started: _Started, state: Any, last_results: Mapping[str, EvalResult]
 ) -> list[str]:
-    """Efficiency and reasoning reports (sbsd_jax.eval.run_reports; T5 students: they time
-    the encoder-decoder's generate)."""
-    from sbsd_jax.eval.run_reports import for_training_run
+    """Measured MFU of the training (every student), then the efficiency and reasoning
+    reports (sbsd_jax.eval.run_reports; T5 students: they time the encoder-decoder's
+    generate). Process 0: it alone has metrics.jsonl."""
+    from sbsd_jax.eval.mfu import TrainStepShape
+    from sbsd_jax.eval.run_reports import for_training_run, training_mfu_lines
 
-    if spec.causal is not None:
-        return ["  efficiency / reasoning reports: encoder-decoder students only"]
     program = started.program
+    lines: list[str] = []
+    if jax.process_index() == 0:
+        lines += training_mfu_lines(
+            TrainStepShape.of_run(spec),
+            program.model_config,
+            started.paths.workdir,
+            chips=program.mesh.size,
+            device=program.mesh.devices.flat[0],
+        )
+    if spec.causal is not None:
+        return [*lines, "  efficiency / reasoning reports: encoder-decoder students only"]
     params = program.model_params(state.params, started.frozen)
-    return for_training_run(
+    return lines + for_training_run(
         _eval_settings(spec, full=True),
         spec.evaluation.splits,
         program,

@@ -19,9 +19,14 @@ their weights without reshaping (their parameter counts are checked in the tests
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from sbsd_jax.model.config import REMAT_POLICIES
+from sbsd_jax.model.config import (
+    REMAT_POLICIES,
+    reject_unknown_fields,
+    require_one_of,
+    require_positive,
+)
 
 Architecture = Literal["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
@@ -53,10 +58,7 @@ class RopeConfig:
     partial_rotary_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rope_type not in ROPE_TYPES:
-            raise ValueError(
-                f"RopeConfig.rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}"
-            )
+        require_one_of(self, "rope_type", ROPE_TYPES)
         if self.theta <= 0:
             raise ValueError(f"RopeConfig.theta must be positive, got {self.theta}")
         if not 0.0 < self.partial_rotary_factor <= 1.0:
@@ -116,30 +118,24 @@ class DecoderConfig:
     scan_layers: bool = False
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"DecoderConfig.architecture must be one of {ARCHITECTURES}, "
-                f"got {self.architecture!r}"
-            )
+        require_one_of(self, "architecture", ARCHITECTURES)
         if self.activation not in ("silu", "gelu_tanh"):
             raise ValueError(
                 f"DecoderConfig.activation must be 'silu' or 'gelu_tanh', got {self.activation!r}"
             )
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"DecoderConfig.remat_policy must be one of {REMAT_POLICIES}, "
-                f"got {self.remat_policy!r}"
-            )
-        for field in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads"):
-            if int(getattr(self, field)) <= 0:
-                raise ValueError(
-                    f"DecoderConfig.{field} must be positive, got {getattr(self, field)}"
-                )
-        for field in ("head_dim", "d_ff"):
-            if int(getattr(self, field)) <= 0:
-                raise ValueError(
-                    f"DecoderConfig.{field} must be positive, got {getattr(self, field)}"
-                )
+        require_one_of(self, "remat_policy", REMAT_POLICIES)
+        require_positive(
+            self,
+            (
+                "vocab_size",
+                "d_model",
+                "num_layers",
+                "num_heads",
+                "num_kv_heads",
+                "head_dim",
+                "d_ff",
+            ),
+        )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"DecoderConfig.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -190,53 +186,23 @@ class DecoderConfig:
 
 
 # ----------------------------------------------------------------------------- named sizes
+# Each family's settings are one base config; a named size is its base with the sizes of the
+# released checkpoint's config.json (and the few fields that differ within the family).
 
 
-def _llama(**fields: object) -> DecoderConfig:
-    return DecoderConfig(architecture="llama", **fields)
+class _Sizes(NamedTuple):
+    """The widths and depths that tell a family's published checkpoints apart."""
+
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    d_ff: int
 
 
-def _qwen2(**fields: object) -> DecoderConfig:
-    values: dict[str, object] = dict(
-        architecture="qwen2", qkv_bias=True, rms_norm_eps=1e-6, max_position_embeddings=32_768
-    )
-    values.update(fields)
-    return DecoderConfig(**values)
-
-
-def _qwen3(**fields: object) -> DecoderConfig:
-    values: dict[str, object] = dict(
-        architecture="qwen3",
-        qk_norm=True,
-        rms_norm_eps=1e-6,
-        rope=RopeConfig(theta=1_000_000.0),
-        max_position_embeddings=40_960,
-    )
-    values.update(fields)
-    return DecoderConfig(**values)
-
-
-def _phi3(**fields: object) -> DecoderConfig:
-    values: dict[str, object] = dict(architecture="phi3", rms_norm_eps=1e-5)
-    values.update(fields)
-    return DecoderConfig(**values)
-
-
-def _gemma(architecture: str, **fields: object) -> DecoderConfig:
-    values: dict[str, object] = dict(
-        architecture=architecture,
-        activation="gelu_tanh",
-        rms_norm_eps=1e-6,
-        gemma_norm=True,
-        post_norms=True,
-        scale_embeddings=True,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_ids=(1,),
-    )
-    values.update(fields)
-    return DecoderConfig(**values)
+def _sized(base: DecoderConfig, sizes: _Sizes, **fields: object) -> DecoderConfig:
+    return base.replace(**sizes._asdict(), **fields)
 
 
 def _alternating(num_layers: int, period: int) -> tuple[LayerType, ...]:
@@ -244,142 +210,113 @@ def _alternating(num_layers: int, period: int) -> tuple[LayerType, ...]:
     return tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(num_layers))
 
 
-_LLAMA_3_ROPE = RopeConfig(
-    theta=500_000.0,
-    rope_type="llama3",
-    factor=32.0,
-    low_freq_factor=1.0,
-    high_freq_factor=4.0,
-    original_max_position_embeddings=8192,
+_LLAMA_3_2 = DecoderConfig(
+    architecture="llama",
+    vocab_size=128_256,
+    tie_word_embeddings=True,
+    rope=RopeConfig(
+        theta=500_000.0,
+        rope_type="llama3",
+        factor=32.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    ),
+    pad_token_id=128_001,
+    bos_token_id=128_000,
+    eos_token_ids=(128_001,),
 )
-_QWEN_EOS = dict(pad_token_id=151_643, bos_token_id=151_643, eos_token_ids=(151_643,))
-_LLAMA_EOS = dict(pad_token_id=128_001, bos_token_id=128_000, eos_token_ids=(128_001,))
-_PHI3_EOS = dict(pad_token_id=32_000, bos_token_id=1, eos_token_ids=(32_000,))
+_QWEN = DecoderConfig(
+    architecture="qwen2",
+    vocab_size=151_936,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    rope=RopeConfig(theta=1_000_000.0),
+    pad_token_id=151_643,
+    bos_token_id=151_643,
+    eos_token_ids=(151_643,),
+)
+_QWEN2_5 = _QWEN.replace(qkv_bias=True, max_position_embeddings=32_768)
+_QWEN3 = _QWEN.replace(architecture="qwen3", qk_norm=True, max_position_embeddings=40_960)
+_PHI3 = DecoderConfig(
+    architecture="phi3",
+    vocab_size=32_064,
+    rms_norm_eps=1e-5,
+    pad_token_id=32_000,
+    bos_token_id=1,
+    eos_token_ids=(32_000,),
+)
+_GEMMA = DecoderConfig(
+    architecture="gemma2",
+    activation="gelu_tanh",
+    rms_norm_eps=1e-6,
+    gemma_norm=True,
+    post_norms=True,
+    scale_embeddings=True,
+    tie_word_embeddings=True,
+    query_pre_attn_scalar=256,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_ids=(1,),
+)
+_GEMMA_2 = _GEMMA.replace(
+    vocab_size=256_000,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=8192,
+)
+_GEMMA_3 = _GEMMA.replace(
+    architecture="gemma3",
+    vocab_size=262_144,
+    qk_norm=True,
+    rope=RopeConfig(theta=1_000_000.0),
+    local_rope=RopeConfig(theta=10_000.0),
+    max_position_embeddings=32_768,
+)
 
 _CONFIGS: dict[str, DecoderConfig] = {
-    # meta-llama/Llama-3.2-1B, -3B (config.json)
-    "llama_3_2_1b": _llama(
-        vocab_size=128_256,
-        d_model=2048,
-        num_layers=16,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=64,
-        d_ff=8192,
-        tie_word_embeddings=True,
-        rope=_LLAMA_3_ROPE,
-        **_LLAMA_EOS,
-    ),
-    "llama_3_2_3b": _llama(
-        vocab_size=128_256,
-        d_model=3072,
-        num_layers=28,
-        num_heads=24,
-        num_kv_heads=8,
-        head_dim=128,
-        d_ff=8192,
-        tie_word_embeddings=True,
-        rope=_LLAMA_3_ROPE,
-        **_LLAMA_EOS,
-    ),
+    # meta-llama/Llama-3.2-1B, -3B
+    "llama_3_2_1b": _sized(_LLAMA_3_2, _Sizes(2048, 16, 32, 8, 64, 8192)),
+    "llama_3_2_3b": _sized(_LLAMA_3_2, _Sizes(3072, 28, 24, 8, 128, 8192)),
     # Qwen/Qwen2.5-0.5B, -1.5B
-    "qwen2_5_0_5b": _qwen2(
-        vocab_size=151_936,
-        d_model=896,
-        num_layers=24,
-        num_heads=14,
-        num_kv_heads=2,
-        head_dim=64,
-        d_ff=4864,
-        tie_word_embeddings=True,
-        rope=RopeConfig(theta=1_000_000.0),
-        **_QWEN_EOS,
-    ),
-    "qwen2_5_1_5b": _qwen2(
-        vocab_size=151_936,
-        d_model=1536,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        head_dim=128,
-        d_ff=8960,
-        tie_word_embeddings=True,
-        rope=RopeConfig(theta=1_000_000.0),
-        **_QWEN_EOS,
-    ),
+    "qwen2_5_0_5b": _sized(_QWEN2_5, _Sizes(896, 24, 14, 2, 64, 4864)),
+    "qwen2_5_1_5b": _sized(_QWEN2_5, _Sizes(1536, 28, 12, 2, 128, 8960)),
     # Qwen/Qwen3-0.6B
-    "qwen3_0_6b": _qwen3(
-        vocab_size=151_936,
-        d_model=1024,
-        num_layers=28,
-        num_heads=16,
-        num_kv_heads=8,
-        head_dim=128,
-        d_ff=3072,
-        tie_word_embeddings=True,
-        **_QWEN_EOS,
-    ),
+    "qwen3_0_6b": _sized(_QWEN3, _Sizes(1024, 28, 16, 8, 128, 3072)),
     # microsoft/Phi-3-mini-4k-instruct (the 128k variant adds longrope factors: import it)
-    "phi_3_mini_4k": _phi3(
-        vocab_size=32_064,
-        d_model=3072,
-        num_layers=32,
-        num_heads=32,
-        num_kv_heads=32,
-        head_dim=96,
-        d_ff=8192,
+    "phi_3_mini_4k": _sized(
+        _PHI3,
+        _Sizes(3072, 32, 32, 32, 96, 8192),
         sliding_window=2047,
         layer_types=("sliding",) * 32,
         max_position_embeddings=4096,
-        **_PHI3_EOS,
     ),
     # google/gemma-2-2b
-    "gemma_2_2b": _gemma(
-        "gemma2",
-        vocab_size=256_000,
-        d_model=2304,
-        num_layers=26,
-        num_heads=8,
-        num_kv_heads=4,
-        head_dim=256,
-        d_ff=9216,
-        query_pre_attn_scalar=256,
-        attn_logit_softcapping=50.0,
-        final_logit_softcapping=30.0,
+    "gemma_2_2b": _sized(
+        _GEMMA_2,
+        _Sizes(2304, 26, 8, 4, 256, 9216),
         sliding_window=4096,
         layer_types=_alternating(26, 2),
-        max_position_embeddings=8192,
     ),
     # google/gemma-3-1b-pt
-    "gemma_3_1b": _gemma(
-        "gemma3",
-        vocab_size=262_144,
-        d_model=1152,
-        num_layers=26,
-        num_heads=4,
-        num_kv_heads=1,
-        head_dim=256,
-        d_ff=6912,
-        qk_norm=True,
-        query_pre_attn_scalar=256,
+    "gemma_3_1b": _sized(
+        _GEMMA_3,
+        _Sizes(1152, 26, 4, 1, 256, 6912),
         sliding_window=512,
         layer_types=_alternating(26, 6),
-        rope=RopeConfig(theta=1_000_000.0),
-        local_rope=RopeConfig(theta=10_000.0),
-        max_position_embeddings=32_768,
     ),
 }
 
 # Tiny shapes for smoke runs (each family's full vocabulary, so its real tokenizer fits).
-_TINY = dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, d_ff=128)
+_TINY = _Sizes(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, d_ff=128)
 _CONFIGS.update(
     {
-        "llama_tiny": _CONFIGS["llama_3_2_1b"].replace(**_TINY),
-        "qwen2_5_tiny": _CONFIGS["qwen2_5_0_5b"].replace(**_TINY),
-        "qwen3_tiny": _CONFIGS["qwen3_0_6b"].replace(**_TINY),
-        "phi_3_tiny": _CONFIGS["phi_3_mini_4k"].replace(**_TINY, layer_types=("sliding",) * 2),
-        "gemma_2_tiny": _CONFIGS["gemma_2_2b"].replace(**_TINY, layer_types=_alternating(2, 2)),
-        "gemma_3_tiny": _CONFIGS["gemma_3_1b"].replace(**_TINY, layer_types=_alternating(2, 2)),
+        "llama_tiny": _sized(_CONFIGS["llama_3_2_1b"], _TINY),
+        "qwen2_5_tiny": _sized(_CONFIGS["qwen2_5_0_5b"], _TINY),
+        "qwen3_tiny": _sized(_CONFIGS["qwen3_0_6b"], _TINY),
+        "phi_3_tiny": _sized(_CONFIGS["phi_3_mini_4k"], _TINY, layer_types=("sliding",) * 2),
+        "gemma_2_tiny": _sized(_CONFIGS["gemma_2_2b"], _TINY, layer_types=_alternating(2, 2)),
+        "gemma_3_tiny": _sized(_CONFIGS["gemma_3_1b"], _TINY, layer_types=_alternating(2, 2)),
     }
 )
 
@@ -404,8 +341,6 @@ def get_decoder_config(name: str, **overrides: object) -> DecoderConfig:
         raise ValueError(
             f"Unknown decoder-only model name {name!r}; known names: {', '.join(MODEL_NAMES)}"
         )
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(DecoderConfig)}
-    if unknown:
-        raise ValueError(f"Unknown DecoderConfig field(s) in overrides: {sorted(unknown)}")
+    reject_unknown_fields(DecoderConfig, overrides)
     config = _CONFIGS[name]
     return config.replace(**overrides) if overrides else config

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbsd_jax.model.decode import first_argmax
+from sbsd_jax.model.decode import decode_graph_and_state, first_argmax
 from sbsd_jax.model.decoder_only.transformer import DecoderOnlyLM, segment_positions
 
 Array = jax.Array
@@ -89,24 +89,11 @@ def greedy_decode(
     once every row has stopped. `eos_ids` / `pad_id` default to the config's eos_token_ids /
     pad_token_id; an empty eos_ids decodes all max_decode_length tokens.
     """
-    if isinstance(model_or_graphdef, tuple):
-        if state is not None:
-            raise ValueError("greedy_decode: state given twice")
-        model_or_graphdef, state = model_or_graphdef
+    graphdef, state = decode_graph_and_state(model_or_graphdef, state, max_decode_length)
     if isinstance(model_or_graphdef, nnx.Module):
-        if state is not None:
-            raise ValueError("greedy_decode: pass a model or (graphdef, state=...), not both")
-        graphdef, state = nnx.split(model_or_graphdef)
         config = model_or_graphdef.config
     else:
-        if state is None:
-            raise ValueError("greedy_decode: a graphdef needs state=")
-        graphdef = model_or_graphdef
         config = nnx.merge(graphdef, state).config
-    if max_decode_length <= 0:
-        raise ValueError(
-            f"greedy_decode: max_decode_length must be positive, got {max_decode_length}"
-        )
     tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_segment_ids is None:
         prompt_segment_ids = jnp.ones_like(tokens)

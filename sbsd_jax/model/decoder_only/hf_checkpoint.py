@@ -4,8 +4,8 @@ Import reads a local directory (config.json + model.safetensors or a sharded
 model.safetensors.index.json); a hub id goes through huggingface_hub first. Export writes
 config.json + safetensors (sharded with an index past `max_shard_bytes`) that transformers'
 AutoModelForCausalLM loads. Errors name the file, tensor or field. Same discipline as the T5
-module (model/hf_checkpoint.py), whose hub resolution, error type and bfloat16 safetensors
-reader/writer are reused.
+module (model/hf_checkpoint.py), whose hub resolution, error type, safetensors reader/writer
+and unstacked-path <-> nnx.State conversion are reused.
 
 Layout (torch Linear weights are [out, in]; our kernels are [in, ...out]):
   model.embed_tokens.weight [V, d]                  -> embedding [V, d]
@@ -31,11 +31,10 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -45,9 +44,17 @@ from sbsd_jax.model.decoder_only.hf_config import check_architecture, config_fro
 from sbsd_jax.model.decoder_only.transformer import DecoderOnlyLM
 from sbsd_jax.model.hf_checkpoint import (
     CheckpointError,
-    _read_safetensors,
-    _write_safetensors_raw,
+    TokenizerFiles,
+    abstract_model,
+    config_from_dir,
+    file_list,
+    read_safetensors,
+    reject_unexpected_tensors,
     resolve_checkpoint_dir,
+    state_from_unstacked_params,
+    take_tensor,
+    unstacked_params_from_state,
+    write_safetensors,
 )
 
 Path_ = tuple[Any, ...]
@@ -61,6 +68,7 @@ _TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old exports saved
+_LAYER_AXIS = 1  # where an unstacked path ('layers', i, ...) holds the layer number
 
 
 # ----------------------------------------------------------------------------- layout
@@ -186,7 +194,7 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing checkpoint file")
     try:
-        return _read_safetensors(path)
+        return read_safetensors(path)
     except CheckpointError:
         raise
     except Exception as error:  # safetensors / json / struct errors on a damaged file
@@ -216,6 +224,15 @@ def read_tensors(directory: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _sizes(config: DecoderConfig) -> str:
+    """The config fields that a tensor's shape comes from, for errors."""
+    return (
+        f"d_model={config.d_model}, num_heads={config.num_heads}, "
+        f"num_kv_heads={config.num_kv_heads}, head_dim={config.head_dim}, d_ff={config.d_ff}, "
+        f"vocab_size={config.vocab_size}"
+    )
+
+
 def params_from_hf_tensors(
     tensors: Mapping[str, np.ndarray], config: DecoderConfig, *, source: str = "checkpoint"
 ) -> dict[Path_, np.ndarray]:
@@ -223,16 +240,9 @@ def params_from_hf_tensors(
     remaining = dict(tensors)
     params: dict[Path_, np.ndarray] = {}
     for mapping in _layout(config):
-        if mapping.hf_name not in remaining:
-            raise CheckpointError(f"{source}: missing tensor {mapping.hf_name!r}")
-        value = np.asarray(remaining.pop(mapping.hf_name))
-        if tuple(value.shape) != mapping.hf_shape:
-            raise CheckpointError(
-                f"{source}: tensor {mapping.hf_name!r} has shape {tuple(value.shape)}, the config "
-                f"(d_model={config.d_model}, num_heads={config.num_heads}, num_kv_heads="
-                f"{config.num_kv_heads}, head_dim={config.head_dim}, d_ff={config.d_ff}, "
-                f"vocab_size={config.vocab_size}) needs {mapping.hf_shape}"
-            )
+        value = take_tensor(
+            remaining, mapping.hf_name, mapping.hf_shape, source=source, sizes=_sizes(config)
+        )
         if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
             raise CheckpointError(f"{source}: tensor {mapping.hf_name!r} has dtype {value.dtype}")
         params.update(zip(mapping.our_paths, mapping.to_ours(value), strict=True))
@@ -245,65 +255,13 @@ def params_from_hf_tensors(
             )
     for name in [n for n in remaining if n.endswith(_IGNORED_SUFFIXES)]:
         remaining.pop(name)
-    if remaining:
-        names = sorted(remaining)
-        raise CheckpointError(
-            f"{source}: unexpected tensor(s) for this config: "
-            f"{', '.join(repr(n) for n in names[:10])}"
-            + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        )
+    reject_unexpected_tensors(remaining, source)
     return params
-
-
-# ----------------------------------------------------------------------------- our state
-
-
-def _abstract_model(config: DecoderConfig) -> DecoderOnlyLM:
-    return nnx.eval_shape(lambda: DecoderOnlyLM(config, rngs=nnx.Rngs(0)))
 
 
 def state_from_params(params: Mapping[Path_, np.ndarray], config: DecoderConfig) -> nnx.State:
     """Our model's nnx.State (plain or scanned layout) from unstacked-path parameters."""
-    plain: dict[Path_, np.ndarray] = {}
-    grouped: dict[Path_, dict[int, np.ndarray]] = {}
-    for path, value in params.items():
-        if config.scan_layers and path[0] == "layers":
-            grouped.setdefault(("layers", *path[2:]), {})[path[1]] = value
-        else:
-            plain[path] = value
-    for target, layers in grouped.items():
-        plain[target] = np.stack([layers[i] for i in range(config.num_layers)])
-    state = nnx.state(_abstract_model(config), nnx.Param)
-    flat = []
-    for path, variable in nnx.to_flat_state(state):
-        name = "/".join(map(str, path))
-        if path not in plain:
-            raise CheckpointError(f"no checkpoint value for our parameter {name}")
-        value = jnp.asarray(plain[path], dtype=jnp.dtype(config.param_dtype))
-        if value.shape != variable.shape:
-            raise CheckpointError(f"parameter {name}: shape {value.shape} != {variable.shape}")
-        flat.append((path, variable.replace(value)))
-    return nnx.from_flat_state(flat)
-
-
-def params_from_state(
-    state: nnx.State | nnx.Module | Mapping[str, Any], config: DecoderConfig
-) -> dict[Path_, np.ndarray]:
-    """Our (plain or scanned) model, nnx.State or pure dict -> numpy params by unstacked path."""
-    if isinstance(state, nnx.Module):
-        state = nnx.state(state, nnx.Param)
-    elif not isinstance(state, nnx.State):
-        state = nnx.State(state)
-    params: dict[Path_, np.ndarray] = {}
-    for path, variable in nnx.to_flat_state(state):
-        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
-        value = np.asarray(jax.device_get(value))
-        if config.scan_layers and path[0] == "layers":
-            for i in range(value.shape[0]):
-                params[("layers", i, *path[1:])] = value[i]
-        else:
-            params[tuple(path)] = value
-    return params
+    return state_from_unstacked_params(DecoderOnlyLM, params, config, layer_axis=_LAYER_AXIS)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -322,15 +280,8 @@ def load_hf_decoder(
     returns a ready model instead.
     """
     directory = resolve_checkpoint_dir(path_or_hub_id)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{directory}: missing config.json")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_path}: invalid JSON ({error})") from error
-    config = config_from_hf(
-        hf_config, source=str(config_path), dtype=dtype, param_dtype=param_dtype, **config_overrides
+    config = config_from_dir(
+        directory, config_from_hf, dtype=dtype, param_dtype=param_dtype, **config_overrides
     )
     params = params_from_hf_tensors(read_tensors(directory), config, source=str(directory))
     return config, state_from_params(params, config)
@@ -339,7 +290,14 @@ def load_hf_decoder(
 def load_hf_decoder_model(path_or_hub_id: str | os.PathLike[str], **kwargs: Any) -> DecoderOnlyLM:
     """Like `load_hf_decoder` but returns the model (config at `model.config`)."""
     config, state = load_hf_decoder(path_or_hub_id, **kwargs)
-    return nnx.merge(nnx.graphdef(_abstract_model(config)), state)
+    return nnx.merge(nnx.graphdef(abstract_model(DecoderOnlyLM, config)), state)
+
+
+def params_from_state(
+    state: nnx.State | nnx.Module | Mapping[str, Any], config: DecoderConfig
+) -> dict[Path_, np.ndarray]:
+    """Our (plain or scanned) model, nnx.State or pure dict -> numpy params by unstacked path."""
+    return unstacked_params_from_state(state, config, layer_axis=_LAYER_AXIS)
 
 
 def _hf_tensors(
@@ -357,15 +315,6 @@ def _hf_tensors(
         value = np.ascontiguousarray(value if dtype is None else value.astype(jnp.dtype(dtype)))
         tensors[mapping.hf_name] = value
     return tensors
-
-
-def _write(tensors: Mapping[str, np.ndarray], path: Path) -> None:
-    if any(value.dtype.name == "bfloat16" for value in tensors.values()):
-        _write_safetensors_raw(tensors, path)
-    else:
-        import safetensors.numpy
-
-        safetensors.numpy.save_file(dict(tensors), str(path), metadata={"format": "pt"})
 
 
 def _shards(tensors: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -388,7 +337,7 @@ def save_hf_decoder(
     *,
     dtype: str | None = None,
     max_shard_bytes: int | None = None,
-    tokenizer_files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+    tokenizer_files: TokenizerFiles = None,
 ) -> Path:
     """Export to a directory that transformers' AutoModelForCausalLM loads.
 
@@ -402,12 +351,12 @@ def save_hf_decoder(
     tensors = _hf_tensors(params_from_state(model_or_params, config), config, dtype)
     shards = _shards(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
     if len(shards) == 1:
-        _write(tensors, out / "model.safetensors")
+        write_safetensors(tensors, out / "model.safetensors")
     else:
         weight_map = {}
         for number, shard in enumerate(shards, start=1):
             name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-            _write(shard, out / name)
+            write_safetensors(shard, out / name)
             weight_map.update(dict.fromkeys(shard, name))
         index = {
             "metadata": {"total_size": int(sum(v.nbytes for v in tensors.values()))},
@@ -415,7 +364,7 @@ def save_hf_decoder(
         }
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
-    for file in _as_list(tokenizer_files):
+    for file in file_list(tokenizer_files):
         source = Path(file)
         if not source.is_file():
             raise CheckpointError(f"save_hf_decoder: tokenizer file {source} does not exist")
@@ -426,11 +375,3 @@ def save_hf_decoder(
 def tokenizer_files_in(directory: str | os.PathLike[str]) -> list[Path]:
     """The tokenizer (and generation config) files of a HF checkpoint directory, to re-export."""
     return [Path(directory) / n for n in _TOKENIZER_FILES if (Path(directory) / n).is_file()]
-
-
-def _as_list(files: Any) -> Iterable[Any]:
-    if files is None:
-        return []
-    if isinstance(files, str | os.PathLike):
-        return [files]
-    return list(files)

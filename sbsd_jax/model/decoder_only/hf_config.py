@@ -33,34 +33,23 @@ _HF_CLASSES: dict[str, str] = {
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 _HF_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
+
+def _traits(*, gemma: bool, qk_norm: bool, **others: Any) -> dict[str, Any]:
+    """The norm and embedding switches every architecture fixes (Gemma's norms, post-norms and
+    scaled embeddings come together), then those only some fix."""
+    return dict(
+        gemma_norm=gemma, post_norms=gemma, qk_norm=qk_norm, scale_embeddings=gemma, **others
+    )
+
+
 # What each architecture fixes (export checks a config against it; import sets it).
 _TRAITS: dict[str, dict[str, Any]] = {
-    "llama": dict(gemma_norm=False, post_norms=False, qk_norm=False, scale_embeddings=False),
-    "qwen2": dict(
-        gemma_norm=False,
-        post_norms=False,
-        qk_norm=False,
-        scale_embeddings=False,
-        qkv_bias=True,
-        out_bias=False,
-    ),
-    "qwen3": dict(gemma_norm=False, post_norms=False, qk_norm=True, scale_embeddings=False),
-    "phi3": dict(
-        gemma_norm=False,
-        post_norms=False,
-        qk_norm=False,
-        scale_embeddings=False,
-        qkv_bias=False,
-        out_bias=False,
-    ),
-    "gemma2": dict(gemma_norm=True, post_norms=True, qk_norm=False, scale_embeddings=True),
-    "gemma3": dict(
-        gemma_norm=True,
-        post_norms=True,
-        qk_norm=True,
-        scale_embeddings=True,
-        attn_logit_softcapping=None,
-    ),
+    "llama": _traits(gemma=False, qk_norm=False),
+    "qwen2": _traits(gemma=False, qk_norm=False, qkv_bias=True, out_bias=False),
+    "qwen3": _traits(gemma=False, qk_norm=True),
+    "phi3": _traits(gemma=False, qk_norm=False, qkv_bias=False, out_bias=False),
+    "gemma2": _traits(gemma=True, qk_norm=False),
+    "gemma3": _traits(gemma=True, qk_norm=True, attn_logit_softcapping=None),
 }
 
 

@@ -56,28 +56,30 @@ def segment_positions(segment_ids: Array) -> Array:
     return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
+def _norm(config: DecoderConfig, rngs: nnx.Rngs) -> RMSNorm:
+    """An RMSNorm over d_model of the config's kind: every norm of the model is one of these."""
+    return RMSNorm(
+        config.d_model,
+        axis="embed",
+        epsilon=config.rms_norm_eps,
+        gemma=config.gemma_norm,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        rngs=rngs,
+    )
+
+
 class Block(nnx.Module):
     """Pre-norm residual block; Gemma also normalises the attention and MLP outputs."""
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
-        def norm() -> RMSNorm:
-            return RMSNorm(
-                config.d_model,
-                axis="embed",
-                epsilon=config.rms_norm_eps,
-                gemma=config.gemma_norm,
-                dtype=config.dtype,
-                param_dtype=config.param_dtype,
-                rngs=rngs,
-            )
-
-        self.attention_norm = norm()
+        self.attention_norm = _norm(config, rngs)
         self.attention = Attention(config, rngs=rngs)
-        self.mlp_norm = norm()
+        self.mlp_norm = _norm(config, rngs)
         self.mlp = MLP(config, rngs=rngs)
         if config.post_norms:
-            self.post_attention_norm = norm()
-            self.post_mlp_norm = norm()
+            self.post_attention_norm = _norm(config, rngs)
+            self.post_mlp_norm = _norm(config, rngs)
         self.post_norms = config.post_norms
 
     def __call__(
@@ -143,15 +145,7 @@ class DecoderOnlyLM(nnx.Module):
             self.layers = make_layers(rngs)
         else:
             self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = RMSNorm(
-            config.d_model,
-            axis="embed",
-            epsilon=config.rms_norm_eps,
-            gemma=config.gemma_norm,
-            dtype=config.dtype,
-            param_dtype=config.param_dtype,
-            rngs=rngs,
-        )
+        self.final_norm = _norm(config, rngs)
         if not config.tie_word_embeddings:
             self.lm_head = param(
                 rngs,
