@@ -5,6 +5,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_tokenizers import tiny_byte_level_bpe
 
 from sbsd_jax.data.causal_lm import (
     CAUSAL_LM_BATCH_KEYS,
@@ -235,34 +236,6 @@ def test_chat_turn_is_cut_after_its_eos_when_the_template_writes_one():
     seq = make_format(hf).sequence("explain", "cqa", EXAMPLE)
     words = [hf.convert_tokens_to_ids(w) for w in ("Fish", "breathe", "with", "gills", "<|end|>")]
     assert seq.target.tolist() == words  # no '<nl>' after the EOS, no second EOS
-
-
-QWEN_LIKE_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-
-def tiny_byte_level_bpe(eos: str):
-    """A byte-level BPE tokenizer (the Llama 3 / Qwen kind) trained locally on a few texts."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    texts = ["Q: Where do fish live?\nA: Fish breathe with gills So the answer is water"] * 3
-    tok.train_from_iterator(texts, trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>")
-    hf.chat_template = QWEN_LIKE_TEMPLATE
-    return hf
 
 
 def test_byte_level_bpe_chat_turn_ends_at_its_end_of_turn():

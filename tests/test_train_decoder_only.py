@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_run import REPO, main_command, run_env, write_tiny_run
+from tiny_tokenizers import tiny_byte_level_bpe
 
 from sbsd_jax.data import pipeline
 from sbsd_jax.data.causal_lm import PLAIN_ANSWER, PLAIN_QUESTION
@@ -137,6 +138,38 @@ def test_the_pipeline_puts_the_loss_on_target_tokens_and_eos_only():
         np.testing.assert_array_equal(batch["decoder_target_tokens"][row][: n - 1], tokens[1:n])
         task = TASK_LABEL if kind == "predict" else TASK_RATIONALE
         assert set(batch["decoder_task_ids"][row][weights > 0].tolist()) == {task}
+
+
+def test_a_tokenizer_with_a_chat_template_gives_chat_rows_with_the_loss_on_the_reply(tmp_path):
+    folder = tmp_path / "tokenizer"
+    tiny_byte_level_bpe(eos="<|im_end|>").save_pretrained(folder)  # an instruct model's
+    spec, prepared, batch = real_batch(
+        pack=False,
+        batch_size=4,
+        vocabulary=str(folder),
+        decoder_template="auto",
+        max_input_length=160,
+        **{"model_overrides.vocab_size": 320},
+    )
+    fmt = prepared.causal_format
+    assert fmt.chat
+    hf = fmt.tokenizer.tokenizer
+
+    def text(ids):  # special tokens shown
+        return hf.decode(ids.tolist(), skip_special_tokens=False)
+
+    for row in range(8):
+        kind = prepared.train_set.kinds[row % 2]
+        n = int((batch["decoder_segment_ids"][row] > 0).sum())
+        tokens = batch["decoder_input_tokens"][row][:n]
+        learned = batch["decoder_target_tokens"][row][batch["decoder_loss_weights"][row] > 0]
+        prompt = tokens[: n - len(learned)]
+        # The user turn is the task prompt, rendered by the template; the reply and its end of
+        # turn (the EOS) are all the loss sees.
+        assert text(prompt).startswith(f"<|im_start|>user\n{kind}: ")
+        assert text(prompt).endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert text(learned).endswith("<|im_end|>") and "<|im_start|>" not in text(learned)
+        np.testing.assert_array_equal(np.concatenate([prompt, learned]), tokens)
 
 
 def test_packed_rows_normalise_the_loss_per_task_by_hand():

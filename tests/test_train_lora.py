@@ -1,19 +1,23 @@
 """LoRA / QLoRA students in the trainer: the optimizer and the checkpoints hold the adapters
 only, the frozen (quantised) base is a separate, non-donated argument of the step, resuming
-rebuilds it bitwise, and the export merges the adapters into an HF folder transformers loads.
+after a SIGKILL rebuilds it bitwise, and the export merges the adapters into an HF folder
+transformers loads.
 Also: a decoder-only student trains the same on 8 fake devices (data x fsdp x tensor) as on
 one (rounding_noise.py's yardstick, as the T5 sharding tests)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import signal
+import subprocess
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 from rounding_noise import RoundingNoise
-from tiny_run import REPO
+from tiny_run import REPO, main_command, run_env, write_tiny_run
 
 from sbsd_jax.data import pipeline
 from sbsd_jax.data.feature_converter import assemble_rows
@@ -151,34 +155,75 @@ def test_a_train_step_changes_only_the_adapters(family):
     assert changed and changed <= {f"{name}/value" for name in adapted} | adapted, changed
 
 
+def run_fields(steps, export, fields):
+    """A QLoRA decoder-only run over the 8 fake devices, checkpointing every 4 steps."""
+    return {
+        **DECODER,
+        **QLORA,
+        **fields,
+        "batch_size": 8,  # over the 8 fake devices
+        "eval_batch_size": 8,
+        "num_train_steps": steps,
+        "checkpoint_every": 4,
+        "log_every": 1,
+        "eval_every": 100000,
+        "eval_splits": ("valid",),
+        "eval_max_decode_length": 8,
+        "export_hf_dir": str(export),
+        "export_which": "final",
+    }
+
+
 def run_to(workdir, steps, export, fields):
-    config = make_config(
-        {
-            **DECODER,
-            **QLORA,
-            **fields,
-            "batch_size": 8,  # over the 8 fake devices
-            "eval_batch_size": 8,
-            "num_train_steps": steps,
-            "checkpoint_every": 4,
-            "log_every": 1,
-            "eval_every": 100000,
-            "eval_splits": ("valid",),
-            "eval_max_decode_length": 8,
-            "export_hf_dir": str(export),
-            "export_which": "final",
-        }
+    return train_and_evaluate(make_config(run_fields(steps, export, fields)), str(workdir))
+
+
+def committed_steps(workdir):
+    folder = workdir / "checkpoints"
+    return (
+        sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
     )
-    return train_and_evaluate(config, str(workdir))
+
+
+def kill_once_step_4_is_committed(root, workdir, fields):
+    """`python -m sbsd_jax.main` on the same run (to step 12: the constant schedule makes its
+    first 8 steps those of a run to 8), SIGKILLed once checkpoint 4 is committed and step 5
+    has begun; returns the step of its last progress line."""
+    config = write_tiny_run(root, run_fields(12, root / "hf_unused", fields))
+    process = subprocess.Popen(
+        main_command(config, workdir),
+        cwd=REPO,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = 0
+    try:
+        for line in process.stderr:
+            if line.startswith("step "):
+                last = int(line.split()[1].split("/")[0])
+            if last >= 5 and 4 in committed_steps(workdir):
+                process.send_signal(signal.SIGKILL)
+                break
+        process.wait(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before checkpoint 4 committed"
+    return last
 
 
 @pytest.mark.slow
-def test_adapters_only_checkpoints_resume_bitwise_and_the_merged_export_loads(tmp_path):
+def test_adapters_only_checkpoints_survive_sigkill_resume_bitwise_and_the_export_loads(tmp_path):
     fields = {"data_dir": str(tmp_path / "data")}
     straight = run_to(tmp_path / "straight", 8, tmp_path / "hf_straight", fields)
-    run_to(tmp_path / "resumed", 4, tmp_path / "hf_first", fields)
+    killed_at = kill_once_step_4_is_committed(tmp_path / "killed", tmp_path / "resumed", fields)
+    last = committed_steps(tmp_path / "resumed")[-1]
+    assert last in (4, 8) and last <= killed_at  # what was committed before the kill, no more
     resumed = run_to(tmp_path / "resumed", 8, tmp_path / "hf_resumed", fields)
-    assert resumed.start_step == 4 and straight.final_step == resumed.final_step == 8
+    assert resumed.start_step == last and straight.final_step == resumed.final_step == 8
 
     def losses(workdir):
         rows = read_metrics(workdir)
@@ -246,3 +291,41 @@ def test_a_decoder_only_student_trains_the_same_on_8_devices_as_on_one(lora):
     if lora:  # the frozen base is sharded by the rules too, not replicated
         specs = [s.spec for s in jax.tree.leaves(sharded.frozen.shardings)]
         assert any("fsdp" in str(spec) for spec in specs), specs
+
+
+def test_a_pretrained_lora_start_reads_the_checkpoint_once_and_freezes_its_weights(
+    tmp_path, monkeypatch
+):
+    from sbsd_jax.model import spec as model_spec
+    from sbsd_jax.train import loop
+
+    plain_spec, plain = build(DECODER, jax.devices()[:1], data=1, fsdp=1, tensor=1)
+    published = plain.init_fn(jax.random.key(7)).params  # not the run's seed
+    plain_spec.model.family.save_pretrained(published, plain.model_config, str(tmp_path / "hf"))
+    family = model_spec.FAMILIES[plain_spec.model.architecture]
+    reads = []
+
+    def load_pretrained(path, dtype):
+        reads.append(path)
+        return family.load_pretrained(path, dtype)
+
+    monkeypatch.setitem(
+        model_spec.FAMILIES,
+        plain_spec.model.architecture,
+        dataclasses.replace(family, load_pretrained=load_pretrained),
+    )
+    fields = {
+        **DECODER,
+        "lora.enabled": True,
+        "lora.rank": 4,
+        "init_checkpoint": str(tmp_path / "hf"),
+    }
+    spec, program = build(fields, jax.devices()[:1], data=1, fsdp=1, tensor=1)
+    state, frozen = loop._state_and_frozen_base(program, spec, restored=None)
+    assert reads == [str(tmp_path / "hf")]  # one read serves the adapters' start and the base
+    # lora_b starts at zero: the adapted student is the published model, weight for weight.
+    merged = flat(program.model_params(state.params, frozen))
+    expected = flat(published)
+    assert merged.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(merged[name], value, err_msg=name)

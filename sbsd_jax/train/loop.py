@@ -330,27 +330,27 @@ def _checkpoint_metrics(
     return {"valid_accuracy": report.primary, "valid_exact_match": report.accuracy}
 
 
-def _initial_state(program: Any, spec: RunSpec) -> Any:
-    """A fresh state: from a published checkpoint (the model's init_checkpoint, e.g. a Hugging
-    Face T5) or random init."""
+def _state_and_frozen_base(program: Any, spec: RunSpec, restored: Any) -> tuple[Any, Any]:
+    """The state to train from (the restored one, else from the model's init_checkpoint, e.g.
+    a Hugging Face T5, else random init) and a LoRA student's frozen base, rebuilt from what
+    made it (never checkpointed): the same pretrained params, read once, or the seed."""
     checkpoint = spec.model.init_checkpoint
-    if checkpoint:
-        params = spec.model.family.load_pretrained(checkpoint, spec.model.param_dtype)
+    pretrained = None
+    if checkpoint and (restored is None or program.frozen is not None):
+        pretrained = spec.model.family.load_pretrained(checkpoint, spec.model.param_dtype)
         logging.info("initialised from %s", checkpoint)
-        return program.init_from_params_fn(params)
-    return program.init_fn(jax.random.key(spec.step.seed))
-
-
-def _frozen_base(program: Any, spec: RunSpec) -> Any:
-    """A LoRA student's frozen base, rebuilt from what made it (never checkpointed): the
-    pretrained init_checkpoint or the seed; None for full training."""
+    key = jax.random.key(spec.step.seed)
+    if restored is not None:
+        state = restored.state
+    elif pretrained is not None:
+        state = program.init_from_params_fn(pretrained)
+    else:
+        state = program.init_fn(key)
     if program.frozen is None:
-        return None
-    checkpoint = spec.model.init_checkpoint
-    if checkpoint:
-        params = spec.model.family.load_pretrained(checkpoint, spec.model.param_dtype)
-        return program.frozen.from_params(params)
-    return program.frozen.from_key(jax.random.key(spec.step.seed))
+        return state, None
+    if pretrained is not None:
+        return state, program.frozen.from_params(pretrained)
+    return state, program.frozen.from_key(key)
 
 
 def _export(
@@ -524,8 +524,7 @@ def _start(spec: RunSpec, workdir: str, cleanup: contextlib.ExitStack) -> _Start
     checkpointer = cleanup.enter_context(Checkpointer(paths.checkpoints, policy))
     changes = config_changes(_read_text(paths.config), spec.config_json)
     restored = _restore(checkpointer, program, train_iterator, paths, changes)
-    state = restored.state if restored is not None else _initial_state(program, spec)
-    frozen = _frozen_base(program, spec)
+    state, frozen = _state_and_frozen_base(program, spec, restored)
     _write_config(spec.config_json, paths.config)  # only now: a refused resume keeps the old one
     _clear_finished_marker(paths)
     return _Started(
