@@ -160,3 +160,13 @@ def test_latency_batch_is_the_rows_a_mesh_splits_a_batch_into_and_no_eval_no_rep
     assert run_reports.efficiency_split(("valid", "test")) == "test"
     assert run_reports.efficiency_split(("valid",)) == "valid"
     assert run_reports.efficiency_split(()) is None
+
+
+def test_right_padded_prompts_get_segment_ids_up_to_their_last_token():
+    tokens = np.array([[5, 0, 7, 0, 0], [4, 4, 4, 4, 4], [0, 0, 0, 0, 0]], np.int32)
+    # An inner 0 is a token of the prompt; the trailing ones are padding; a pad row keeps one
+    # slot so that it decodes like the others.
+    np.testing.assert_array_equal(
+        run_reports.right_padded_segments(tokens),
+        [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]],
+    )

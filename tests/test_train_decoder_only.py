@@ -75,6 +75,9 @@ def test_main_trains_evaluates_checkpoints_and_exports_a_decoder_only_student(tm
     assert len(losses) == 3 and losses[-1] < 0.5 * losses[0], losses
     mfu = json.loads((workdir / "mfu.json").read_text())  # the decoder-only FLOP formula
     assert mfu["windows"] == 2 and 0 < mfu["mfu"] < 1, mfu
+    efficiency = json.loads((workdir / "efficiency.json").read_text())  # on the valid prompts
+    assert efficiency["latency_seconds_per_example"] > 0 and efficiency["compiled_decode_bytes"] > 0
+    assert efficiency["throughput_examples_per_second"] > 0 and efficiency["parameters"] > 0
     assert any("valid_accuracy" in row for row in read_metrics(workdir))
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         "15",

@@ -207,3 +207,66 @@ def training_mfu_lines(
     report = mfu.measure(shape, model_config, rows, chips=chips, device=kind, peak=peak)
     path = mfu.write_report(workdir, report)
     return [f"measured MFU of training: {100 * report.mfu:.1f}%", report.table(), f"  mfu: {path}"]
+
+
+CausalGenerateFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def right_padded_segments(tokens: np.ndarray) -> np.ndarray:
+    """Segment ids of right-padded prompt rows (evaluator.batches pads with 0): 1 up to each
+    row's last non-zero token (a prompt ends in its answer cue or assistant header, never in
+    id 0), and the first slot of an all-pad row, so that it decodes like any other."""
+    is_token = tokens != 0
+    lengths = np.where(is_token.any(axis=1), tokens.shape[1] - np.argmax(is_token[:, ::-1], 1), 1)
+    return (np.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
+
+
+def for_causal_training_run(
+    settings: EvalSettings,
+    split_names: Sequence[str],
+    program: object,
+    params: object,
+    splits: Mapping[str, Sequence[Example]],
+    prompt_ids: Callable[[Example], list[int]],
+    max_prompt_length: int,
+    generate: CausalGenerateFn,
+    workdir: str,
+) -> list[str]:
+    """The efficiency report of a decoder-only student (for_training_run's, timed on the
+    prompts its evaluation decodes: `prompt_ids` of an example); [] without eval splits."""
+    split = efficiency_split(tuple(split_names))
+    if split is None or not splits.get(split):
+        return []
+    from sbsd_jax.model.decoder_only.decode import compiled_decode_bytes
+
+    def on_mesh(array: np.ndarray) -> jax.Array:
+        return jax.make_array_from_callback(
+            array.shape, program.batch_sharding, lambda index: array[index]
+        )
+
+    def generate_rows(tokens: np.ndarray, max_decode_length: int) -> np.ndarray:
+        return generate(tokens, right_padded_segments(tokens), max_decode_length)
+
+    def compiled_bytes(tokens: np.ndarray) -> int | None:
+        return compiled_decode_bytes(
+            program.graphdef,
+            params,
+            on_mesh(tokens),
+            max_decode_length=settings.max_decode_length,
+            prompt_segment_ids=on_mesh(right_padded_segments(tokens)),
+        )
+
+    report = efficiency.measure(
+        generate_rows,
+        [prompt_ids(example) for example in splits[split]],
+        parameters=parameter_count(params),
+        compute_dtype=str(program.model_config.dtype),
+        max_input_length=max_prompt_length,
+        max_decode_length=settings.max_decode_length,
+        batch_size=settings.batch_size,
+        latency_batch_size=smallest_batch(program.batch_sharding),
+        compiled_bytes=compiled_bytes,
+    )
+    if jax.process_index() == 0:
+        efficiency.write_report(workdir, report)
+    return report_lines(report, (), workdir)

@@ -237,6 +237,12 @@ def compiled_decode_bytes(
     compiled = _greedy_decode.lower(
         graphdef, state, encoder_input_tokens, max_decode_length, eos_id, activation_sharding
     ).compile()
+    return compiled_bytes(compiled)
+
+
+def compiled_bytes(compiled: jax.stages.Compiled) -> int | None:
+    """A compiled program's bytes per device by XLA's memory analysis: arguments + outputs not
+    aliased to them + temporaries; None when the backend has no analysis."""
     stats = compiled.memory_analysis()
     if stats is None:
         return None

@@ -811,9 +811,9 @@ def _run_reports(
             chips=program.mesh.size,
             device=program.mesh.devices.flat[0],
         )
-    if spec.causal is not None:
-        return [*lines, "  efficiency / reasoning reports: encoder-decoder students only"]
     params = program.model_params(state.params, started.frozen)
+    if spec.causal is not None:
+        return lines + _causal_efficiency_lines(spec, started, params)
     return lines + for_training_run(
         _eval_settings(spec, full=True),
         spec.evaluation.splits,
@@ -823,6 +823,27 @@ def _run_reports(
         text_codec(started.prepared.registered.vocabulary, spec.data.method),
         last_results,
         _make_generate(program, params),
+        started.paths.workdir,
+    )
+
+
+def _causal_efficiency_lines(spec: RunSpec, started: _Started, params: Any) -> list[str]:
+    """A decoder-only student's efficiency report, timed on its evaluation prompts (the
+    reasoning report reads decoded rationales, which decoder-only evaluation does not make)."""
+    from sbsd_jax.data.causal_lm import METHOD_EVAL_TASK
+    from sbsd_jax.eval.run_reports import for_causal_training_run
+
+    fmt, kind = started.prepared.causal_format, METHOD_EVAL_TASK[spec.data.method]
+    dataset = spec.data.dataset.dataset
+    return for_causal_training_run(
+        _eval_settings(spec, full=True),
+        spec.evaluation.splits,
+        started.program,
+        params,
+        started.prepared.splits,
+        lambda example: fmt.prompt_ids(kind, dataset, example),
+        spec.causal.max_prompt_length,
+        _make_causal_generate(started.program, params),
         started.paths.workdir,
     )
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sbsd_jax.model.decode import decode_graph_and_state, first_argmax
+from sbsd_jax.model.decode import compiled_bytes, decode_graph_and_state, first_argmax
 from sbsd_jax.model.decoder_only.transformer import DecoderOnlyLM, segment_positions
 
 Array = jax.Array
@@ -90,16 +90,46 @@ def greedy_decode(
     pad_token_id; an empty eos_ids decodes all max_decode_length tokens.
     """
     graphdef, state = decode_graph_and_state(model_or_graphdef, state, max_decode_length)
-    if isinstance(model_or_graphdef, nnx.Module):
-        config = model_or_graphdef.config
-    else:
-        config = nnx.merge(graphdef, state).config
+    return _greedy_decode(
+        *_program_arguments(
+            graphdef, state, prompt_tokens, prompt_segment_ids, max_decode_length, eos_ids, pad_id
+        )
+    )
+
+
+def compiled_decode_bytes(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt_tokens: Array,
+    *,
+    max_decode_length: int,
+    prompt_segment_ids: Array | None = None,
+) -> int | None:
+    """Bytes per device of one compiled greedy decode of these prompts (XLA's memory analysis:
+    parameters, prompts, KV cache, temporaries); None when the backend has none."""
+    arguments = _program_arguments(
+        graphdef, state, prompt_tokens, prompt_segment_ids, max_decode_length, None, None
+    )
+    return compiled_bytes(_greedy_decode.lower(*arguments).compile())
+
+
+def _program_arguments(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt_tokens: Array,
+    prompt_segment_ids: Array | None,
+    max_decode_length: int,
+    eos_ids: tuple[int, ...] | None,
+    pad_id: int | None,
+) -> tuple:
+    """_greedy_decode's arguments, the EOS and pad ids defaulting to the config's."""
+    config = nnx.merge(graphdef, state).config
     tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_segment_ids is None:
         prompt_segment_ids = jnp.ones_like(tokens)
     eos = tuple(config.eos_token_ids if eos_ids is None else eos_ids)
     pad = config.pad_token_id if pad_id is None else pad_id
-    return _greedy_decode(
+    return (
         graphdef,
         state,
         tokens,
