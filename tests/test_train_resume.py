@@ -3,11 +3,13 @@
 Every run is `python -m sbsd_jax.main` in a subprocess on a tiny T5 and fixture data (8 fake CPU
 devices, fsdp over all of them). The reference trains NUM_STEPS steps without interruption; the
 others are stopped and resumed, and their final train state (params, optimizer state, step)
-must be bitwise equal to the reference's.
+must be bitwise equal to the reference's. Runs that several tests look at are module fixtures;
+a test that changes a run's workdir works on a copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -21,9 +23,13 @@ from tiny_run import REPO, main_command, run_env, write_tiny_run
 
 from sbsd_jax.runtime.preemption import PreemptionWatcher
 from sbsd_jax.train.checkpointing import read_state_arrays
+from sbsd_jax.train.loop import FINISHED_MARKER
 
-NUM_STEPS = 24
+# Not a multiple of CHECKPOINT_EVERY: the final checkpoint every test reads exists only because
+# the last step is always saved.
+NUM_STEPS = 10
 CHECKPOINT_EVERY = 4
+TRAIN_EXAMPLES, BATCH_SIZE = 40, 8  # tiny_run's defaults
 # Generous: under a loaded CI host (or pytest-xdist) a run takes several times its usual time.
 RUN_TIMEOUT_S = 600
 
@@ -86,8 +92,25 @@ class Runs:
         return process.returncode, stdout
 
 
+@dataclasses.dataclass(frozen=True)
+class Preempted:
+    """A run stopped by SIGTERM: its workdir (never changed afterwards), exit status, stdout."""
+
+    workdir: pathlib.Path
+    status: int
+    stdout: str
+
+    @property
+    def stopped_at(self) -> int:
+        return int(self.stdout.split("Stopped by SIGTERM at step ")[1].split("/")[0])
+
+
 def _committed_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _final_state(workdir: pathlib.Path) -> dict[str, np.ndarray]:
+    return read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
 
 
 def _assert_states_bitwise_equal(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> None:
@@ -103,65 +126,102 @@ def runs(tmp_path_factory) -> Runs:
 
 
 @pytest.fixture(scope="module")
-def reference_state(runs: Runs) -> dict[str, np.ndarray]:
-    """The final state of an uninterrupted NUM_STEPS run."""
+def uninterrupted(runs: Runs) -> pathlib.Path:
+    """The workdir of an uninterrupted NUM_STEPS run."""
     workdir = runs.root / "uninterrupted"
     runs.run(workdir)
-    return read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def reference_state(uninterrupted: pathlib.Path) -> dict[str, np.ndarray]:
+    """The final state of the uninterrupted run."""
+    return _final_state(uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def preempted(runs: Runs) -> Preempted:
+    """A run sent SIGTERM once its progress line for step 6 appears, in a workdir that holds
+    the DONE marker of an earlier, shorter run."""
+    workdir = runs.root / "preempted"
+    workdir.mkdir()
+    (workdir / FINISHED_MARKER).write_text('{"final_step": 1, "num_train_steps": 1}\n')
+    status, stdout = runs.start_and_signal(workdir, signal.SIGTERM, at_step=6)
+    return Preempted(workdir, status, stdout)
+
+
+@pytest.fixture(scope="module")
+def resumed(runs: Runs, preempted: Preempted) -> tuple[pathlib.Path, str]:
+    """(workdir, stdout) of the preempted run (a copy) started again in a new process."""
+    workdir = runs.root / "resumed"
+    shutil.copytree(preempted.workdir, workdir)
+    return workdir, runs.run(workdir).stdout
 
 
 @pytest.mark.slow
-def test_restoring_in_a_new_process_continues_bit_for_bit(runs, reference_state):
-    workdir = runs.root / "two_processes"
-    runs.run(workdir, "--config.num_train_steps=10")  # saves at 4, 8 and (last step) 10
-    assert _committed_steps(workdir)[-1] == 10
-    result = runs.run(workdir)
-    assert "Resuming from step 10" in result.stdout
-    final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(preempted):
+    assert preempted.status == 0
+    assert "Stopped by SIGTERM at step" in preempted.stdout
+    stopped_at = preempted.stopped_at
+    assert 6 <= stopped_at < NUM_STEPS
+    assert _committed_steps(preempted.workdir)[-1] == stopped_at
+    metadata = json.loads(
+        (preempted.workdir / "checkpoints" / str(stopped_at) / "data" / "metadata").read_text()
+    )
+    examples_consumed = metadata["epoch"] * TRAIN_EXAMPLES + metadata["position"]
+    assert examples_consumed == stopped_at * BATCH_SIZE
+
+
+@pytest.mark.slow
+def test_restoring_in_a_new_process_continues_bit_for_bit(preempted, resumed, reference_state):
+    workdir, stdout = resumed
+    assert f"Resuming from step {preempted.stopped_at} " in stdout
+    final = _final_state(workdir)
     assert int(final["step"]) == NUM_STEPS
     _assert_states_bitwise_equal(final, reference_state)
 
 
 @pytest.mark.slow
+def test_done_is_written_at_the_end_and_only_there(preempted, resumed):
+    """<workdir>/DONE: absent while a run is unfinished (stopped by SIGTERM, or started again
+    with more steps: the marker an earlier, shorter run left is gone), written when it has
+    trained every step. What `sbsd_jax.cloud watch` stops on."""
+    assert not (preempted.workdir / FINISHED_MARKER).exists()
+    workdir, _ = resumed
+    assert json.loads((workdir / FINISHED_MARKER).read_text()) == {
+        "final_step": NUM_STEPS,
+        "num_train_steps": NUM_STEPS,
+        "best_step": None,
+        "exported_to": None,
+        "exported_step": None,
+    }
+
+
+@pytest.mark.slow
 def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, reference_state):
     workdir = runs.root / "killed"
-    status, _ = runs.start_and_signal(workdir, signal.SIGKILL, at_step=13)
+    status, _ = runs.start_and_signal(workdir, signal.SIGKILL, at_step=9)
     assert status == -signal.SIGKILL
     last = _committed_steps(workdir)[-1]
-    # Killed after step 13: the checkpoint of step 8 is committed (Orbax finishes a save
-    # before it starts the next, at 12); the run was stopped well before its end.
-    assert 8 <= last < NUM_STEPS and last % CHECKPOINT_EVERY == 0
+    # Killed after step 9: the checkpoint of step 4 is committed (Orbax finishes a save
+    # before it starts the next, at 8); the run was stopped before its end.
+    assert 4 <= last < NUM_STEPS and last % CHECKPOINT_EVERY == 0
     # What a save interrupted by the kill leaves behind is never taken for a checkpoint.
     (workdir / "checkpoints" / f"{NUM_STEPS - 1}.orbax-checkpoint-tmp-1234" / "state").mkdir(
         parents=True
     )
     result = runs.run(workdir)
-    assert f"Resuming from step {last}" in result.stdout
-    final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
-    _assert_states_bitwise_equal(final, reference_state)
+    assert f"Resuming from step {last} " in result.stdout
+    _assert_states_bitwise_equal(_final_state(workdir), reference_state)
     # The steps after the checkpoint ran twice but are logged once.
     logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
     assert logged == list(range(1, NUM_STEPS + 1))
 
 
-@pytest.mark.slow
-def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(runs):
-    workdir = runs.root / "preempted"
-    status, stdout = runs.start_and_signal(workdir, signal.SIGTERM, at_step=6)
-    assert status == 0
-    assert "Stopped by SIGTERM at step" in stdout
-    stopped_at = int(stdout.split("Stopped by SIGTERM at step ")[1].split("/")[0])
-    assert 6 <= stopped_at < NUM_STEPS
-    assert _committed_steps(workdir)[-1] == stopped_at
-    metadata = json.loads(
-        (workdir / "checkpoints" / str(stopped_at) / "data" / "metadata").read_text()
-    )
-    assert metadata["epoch"] * 40 + metadata["position"] == stopped_at * 8  # examples consumed
-
-
+EVAL_EVERY = 3  # evaluations at 3, 6, 9 and the last step; checkpoints at 4, 8 and 10
 EVALUATING = (
     "--config.eval_splits=('valid', 'test')",
-    "--config.eval_every=6",
+    f"--config.eval_every={EVAL_EVERY}",
     "--config.decode_rationales=True",
 )
 
@@ -171,12 +231,14 @@ def test_sigterm_during_evaluation_checkpoints_at_once_and_the_resume_evaluates_
     runs, reference_state
 ):
     workdir = runs.root / "preempted_in_evaluation"
-    # The progress line of step 6 is printed just before step 6's evaluation starts.
-    status, stdout = runs.start_and_signal(workdir, signal.SIGTERM, 6, *EVALUATING)
+    # The progress line of step 3 is printed just before step 3's evaluation starts.
+    status, stdout = runs.start_and_signal(workdir, signal.SIGTERM, EVAL_EVERY, *EVALUATING)
     assert status == 0
-    assert "Stopped by SIGTERM at step 6/" in stdout
-    assert _committed_steps(workdir)[-1] == 6
-    metadata = json.loads((workdir / "checkpoints" / "6" / "_CHECKPOINT_METADATA").read_text())
+    assert f"Stopped by SIGTERM at step {EVAL_EVERY}/" in stdout
+    assert _committed_steps(workdir)[-1] == EVAL_EVERY  # not a checkpoint_every step
+    metadata = json.loads(
+        (workdir / "checkpoints" / str(EVAL_EVERY) / "_CHECKPOINT_METADATA").read_text()
+    )
     assert metadata["custom_metadata"]["evaluation_pending"] is True  # besides the checksums
     assert not any("valid_accuracy" in line for line in (workdir / "metrics.jsonl").open())
 
@@ -186,16 +248,17 @@ def test_sigterm_during_evaluation_checkpoints_at_once_and_the_resume_evaluates_
         for row in map(json.loads, (workdir / "metrics.jsonl").open())
         if "valid_accuracy" in row
     ]
-    assert evaluations == [6, 12, 18, 24]
-    assert (workdir / "predictions" / "test_step_6.jsonl").is_file()
-    final = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
-    _assert_states_bitwise_equal(final, reference_state)  # decoding never touches training
+    assert evaluations == [3, 6, 9, NUM_STEPS]
+    assert (workdir / "predictions" / f"test_step_{EVAL_EVERY}.jsonl").is_file()
+    _assert_states_bitwise_equal(_final_state(workdir), reference_state)  # decoding never trains
 
 
 @pytest.mark.slow
-def test_resuming_with_another_model_shape_is_refused_naming_arrays_and_fields(runs, tmp_path):
+def test_resuming_with_another_model_shape_is_refused_naming_arrays_and_fields(
+    runs, uninterrupted, tmp_path
+):
     workdir = tmp_path / "finished"
-    shutil.copytree(runs.root / "uninterrupted", workdir)
+    shutil.copytree(uninterrupted, workdir)
     saved_config = (workdir / "config.json").read_text()
     result = subprocess.run(
         runs.command(workdir, "--config.model_overrides.d_ff=48"),
