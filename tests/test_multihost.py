@@ -45,6 +45,11 @@ def tiny_run_config(data_dir: pathlib.Path, num_train_steps: int) -> dict[str, A
         {
             "vocabulary": "byte",
             "model": "t5_v1_1_tiny",
+            # One layer a stack: the compiles (init, train step, decoder) dominate each
+            # process's time, and a second layer adds no multi-host path. Dropout stays: the
+            # two layouts can only end equal if every process draws the same dropout masks.
+            "model_overrides.num_encoder_layers": 1,
+            "model_overrides.num_decoder_layers": 1,
             "model_overrides.dropout_rate": 0.1,
             "compute_dtype": "float32",  # "auto" depends on the CPU; worker_env drops SBSD_*
             "max_input_length": 16,
@@ -162,7 +167,10 @@ def assert_same_state(
     atol: float = 1e-5,
 ) -> None:
     """Bitwise for the same mesh and process layout; float tolerance across layouts, where
-    the collectives (gloo across processes vs in-process) may sum in another order."""
+    the collectives (gloo across processes vs in-process) may sum in another order. Measured
+    on AMD Zen 4 (2026-12-02): the two-process run ends 5e-7 to 1.7e-6 from the single
+    process (largest element), 6 to 20 times inside atol 1e-5, while a row lost in the batch
+    split moves an element by 1.8e-2 (tests/rounding_noise.py)."""
     assert actual.keys() == expected.keys()
     for name in expected:
         if bitwise:
@@ -181,11 +189,14 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     data_dir = root / "data"
     write_data(data_dir)
     full = tiny_run_config(data_dir, TOTAL_STEPS)
-    # The reference is compared on its state only: no decoding (it never touches the state).
-    reference = {**full, "eval_splits": ()}
+    # The reference is compared on its final state only: no decoding (it never touches the
+    # state) and no checkpoint before the last step.
+    reference = {**full, "eval_splits": (), "checkpoint_every": TOTAL_STEPS}
+    # The resumed processes evaluate (at the last step); the stopped ones need not decode too.
+    stopped_config = {**tiny_run_config(data_dir, RESUME_AT), "eval_splits": ()}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # independent of the two-process job
         single = pool.submit(launch, reference, root / "single", 1)
-        stopped = launch(tiny_run_config(data_dir, RESUME_AT), root / "two", NUM_PROCESSES)
+        stopped = launch(stopped_config, root / "two", NUM_PROCESSES)
         resumed = launch(full, root / "two", NUM_PROCESSES)
     return {
         "single": (root / "single", single.result()),
@@ -215,7 +226,8 @@ def test_two_processes_stopped_and_resumed_match_one_process_with_eight_devices(
     assert any(name.startswith("params") for name in reference)
     assert_same_state(final_arrays(two_dir, TOTAL_STEPS), reference)
     # Evaluation ran on the primary process and was written once.
-    assert "valid" in (two_dir / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in (two_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "valid_accuracy" in row] == [TOTAL_STEPS]
 
 
 @pytest.mark.slow
