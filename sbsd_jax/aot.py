@@ -290,7 +290,7 @@ def step_cost(
         xla_flops=float(analysis.get("flops", 0.0)),
         xla_bytes=float(analysis.get("bytes accessed", 0.0)),
         chips=chips,
-        examples_per_step=shape.batch_size * shape.grad_accum_steps,
+        examples_per_step=shape.batch_size,
         peak=peak,
     )
 
@@ -358,7 +358,7 @@ def main(argv: list[str]) -> None:
         f"model {spec.model.name} ({params / 1e9:.2f}B params, {program.model_config.dtype} "
         f"compute, remat {program.model_config.remat_policy}, scan {spec.model.scan_layers}); "
         f"optimizer {spec.optimizer.name}; method {spec.step.method}; batch "
-        f"{spec.batching.batch_size} x accum {spec.step.grad_accum_steps}; input "
+        f"{spec.batching.batch_size} in {spec.step.grad_accum_steps} micro-batch(es); input "
         f"{spec.batching.max_input_length}, target {spec.batching.max_target_length}"
         + (f", decoder-only rows {spec.batching.row_length}" if spec.batching.row_length else "")
     )

@@ -79,6 +79,12 @@ def test_the_qwen_step_by_step_recipe_trains_every_parameter_of_a_qwen2_5_0_5b()
     )
     assert 0.49e9 < size(program.abstract_state.params) < 0.50e9  # 494M, tied embeddings
     assert spec.model.init_checkpoint == "Qwen/Qwen2.5-0.5B"
+    # what makes it fit a v5e-8 (the AOT check in the recipe's comment)
+    assert (spec.step.grad_accum_steps, spec.model.remat_policy, spec.model.scan_layers) == (
+        4,
+        "full",
+        True,
+    )
 
 
 @pytest.mark.parametrize("name", ["phi3_mini_cot_qlora", "qwen2_5_0_5b_step_by_step"])

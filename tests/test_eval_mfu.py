@@ -17,7 +17,6 @@ TINY = get_model_config("t5_v1_1_tiny", vocab_size=300, num_encoder_layers=1, nu
 RUN = mfu.TrainStepShape(
     method="step_by_step",
     batch_size=8,
-    grad_accum_steps=2,
     max_input_length=64,
     max_target_length=16,
 )
@@ -27,8 +26,9 @@ def test_mfu_is_model_flops_over_what_the_chips_could_do_in_the_step():
     assert flops.mfu(8e12, step_seconds=0.05, chips=4, peak_flops_per_chip=100e12) == 0.4
     with pytest.raises(ValueError, match="positive"):
         flops.mfu(1.0, step_seconds=0.0, chips=1, peak_flops_per_chip=1.0)
-    # step_by_step: a predict and an explain sequence per example, every micro-batch.
-    assert flops.train_step_rows("step_by_step", 8, 2) == 32
+    # step_by_step: a predict and an explain sequence per example of the global batch
+    # (gradient accumulation splits those rows into micro-batches; it adds none).
+    assert flops.train_step_rows("step_by_step", 8) == 16
     assert flops.train_step_rows("standard", 8) == 8
 
 
@@ -59,11 +59,11 @@ def test_measured_mfu_of_a_run_from_its_config_and_step_times():
     rows = [{"step": 10, mfu.STEP_SECONDS_METRIC: 0.5}, {"step": 20, mfu.STEP_SECONDS_METRIC: 0.5}]
     peak = mfu.PeakFlops(1e12, "test peak")
     report = mfu.measure(RUN, TINY, rows, chips=2, device="tpu:TPU v4", peak=peak)
-    expected_flops = flops.train_step_flops(TINY, 32, 64, 16)
-    assert report.model_flops == expected_flops and report.examples_per_step == 16
+    expected_flops = flops.train_step_flops(TINY, 16, 64, 16)
+    assert report.model_flops == expected_flops and report.examples_per_step == 8
     assert report.mfu == pytest.approx(expected_flops / (0.5 * 2 * 1e12))
     table = report.table()
-    assert f"MFU {100 * report.mfu:.1f}%" in table and "16.0 examples/s per chip" in table
+    assert f"MFU {100 * report.mfu:.1f}%" in table and "8.0 examples/s per chip" in table
     assert "median of 2 log windows" in table and "test peak" in table
     assert mfu.measure(RUN, TINY, [{"step": 1}], chips=1, device="cpu", peak=peak) is None
 
@@ -83,7 +83,7 @@ def test_run_directory_report_writes_mfu_json_only_when_step_times_are_logged(tm
     saved = json.loads((tmp_path / mfu.MFU_FILE).read_text())
     assert saved["chips"] == 8 and saved["step_seconds"] == 0.25 and saved["device"] == "v5e"
     assert saved["mfu"] == pytest.approx(
-        flops.train_step_flops(TINY, 32, 64, 16) / 0.25 / 8e12 / 197
+        flops.train_step_flops(TINY, 16, 64, 16) / 0.25 / 8e12 / 197
     )
     assert lines[0] == f"measured MFU of training: {100 * saved['mfu']:.1f}%"
     assert "published bf16 dense peak of v5e" in lines[1]
@@ -113,5 +113,5 @@ def test_a_decoder_only_token_costs_two_flops_per_matmul_weight_plus_attention(n
     attention = 4 * length * config.num_heads * config.head_dim * config.num_layers
     per_token = flops.causal_lm_flops_per_token(config, length)
     assert per_token == 2 * matmul_weights + attention
-    shape = mfu.TrainStepShape("step_by_step", 4, 1, 0, 0, row_length=length)
+    shape = mfu.TrainStepShape("step_by_step", 4, 0, 0, row_length=length)
     assert shape.model_flops(config) == 3 * (2 * 4) * length * per_token  # predict + explain

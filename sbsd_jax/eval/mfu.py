@@ -45,8 +45,7 @@ class TrainStepShape:
     """What decides one train step's model FLOPs besides the model (the compiled shapes)."""
 
     method: str
-    batch_size: int  # global, in examples
-    grad_accum_steps: int
+    batch_size: int  # global, in examples (gradient accumulation splits it, adds nothing)
     max_input_length: int
     max_target_length: int
     row_length: int = 0  # decoder-only students: slots per row (0: encoder-decoder)
@@ -58,15 +57,14 @@ class TrainStepShape:
         return cls(
             method=spec.step.method,
             batch_size=batching.batch_size,
-            grad_accum_steps=spec.step.grad_accum_steps,
             max_input_length=batching.max_input_length,
             max_target_length=batching.max_target_length,
             row_length=batching.row_length,
         )
 
     def model_flops(self, model_config: T5Config | DecoderConfig) -> int:
-        """One optimizer step's model FLOPs (all micro-batches, all chips) by formula."""
-        rows = flops.train_step_rows(self.method, self.batch_size, self.grad_accum_steps)
+        """One optimizer step's model FLOPs (all chips) by formula."""
+        rows = flops.train_step_rows(self.method, self.batch_size)
         if isinstance(model_config, DecoderConfig):
             return flops.causal_lm_train_step_flops(model_config, rows, self.row_length)
         return flops.train_step_flops(
@@ -211,7 +209,7 @@ def measure(
         windows=timing[1],
         chips=chips,
         device=device,
-        examples_per_step=shape.batch_size * shape.grad_accum_steps,
+        examples_per_step=shape.batch_size,
         peak_flops_per_chip=peak.flops_per_second,
         peak_source=peak.source,
     )

@@ -90,11 +90,12 @@ def causal_lm_train_step_flops(config: DecoderConfig, rows: int, row_length: int
     return 3 * rows * row_length * causal_lm_flops_per_token(config, row_length)
 
 
-def train_step_rows(method: str, batch_size: int, grad_accum_steps: int = 1) -> int:
+def train_step_rows(method: str, batch_size: int) -> int:
     """Sequences one optimizer step computes on: step_by_step puts a predict and an explain
-    sequence per example in the batch (packed batches hold as many rows), over every
-    micro-batch."""
-    return batch_size * (2 if method == "step_by_step" else 1) * grad_accum_steps
+    sequence per example in the batch (packed batches hold as many rows). batch_size is the
+    global batch of the step: gradient accumulation splits it into micro-batches, it does not
+    add rows."""
+    return batch_size * (2 if method == "step_by_step" else 1)
 
 
 def mfu(model_flops: float, step_seconds: float, chips: int, peak_flops_per_chip: float) -> float:
