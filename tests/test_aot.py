@@ -102,7 +102,7 @@ def tiny_decoder_config(base_qtype: str) -> ml_collections.ConfigDict:
     config = module.get_config()
     config.model, config.init_checkpoint, config.vocabulary = "qwen2_5_tiny", "", "byte"
     config.model_overrides.vocab_size = 512
-    config.batch_size, config.eval_batch_size = 4, 4
+    config.batch_size, config.eval_batch_size = 8, 8  # the recipe's 4 micro-batches, 2 rows each
     config.max_input_length, config.max_target_length, config.decoder_row_length = 32, 16, 48
     config.mesh.update(data=1, fsdp=2, tensor=2)
     config.lora.enabled = base_qtype != "none"
