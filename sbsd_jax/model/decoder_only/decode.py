@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sbsd_jax.model.decode import compiled_bytes, decode_graph_and_state, first_argmax
+from sbsd_jax.model.decoder_only.config import DecoderConfig
 from sbsd_jax.model.decoder_only.transformer import DecoderOnlyLM, segment_positions
 
 Array = jax.Array
@@ -90,9 +91,17 @@ def greedy_decode(
     pad_token_id; an empty eos_ids decodes all max_decode_length tokens.
     """
     graphdef, state = decode_graph_and_state(model_or_graphdef, state, max_decode_length)
+    config = getattr(model_or_graphdef, "config", None)  # a model: no merge needed to read it
     return _greedy_decode(
         *_program_arguments(
-            graphdef, state, prompt_tokens, prompt_segment_ids, max_decode_length, eos_ids, pad_id
+            graphdef,
+            state,
+            prompt_tokens,
+            prompt_segment_ids,
+            max_decode_length,
+            eos_ids,
+            pad_id,
+            config=config,
         )
     )
 
@@ -121,9 +130,13 @@ def _program_arguments(
     max_decode_length: int,
     eos_ids: tuple[int, ...] | None,
     pad_id: int | None,
+    *,
+    config: DecoderConfig | None = None,
 ) -> tuple:
-    """_greedy_decode's arguments, the EOS and pad ids defaulting to the config's."""
-    config = nnx.merge(graphdef, state).config
+    """_greedy_decode's arguments, the EOS and pad ids defaulting to the config's (read from
+    the merged model when not given)."""
+    if config is None:
+        config = nnx.merge(graphdef, state).config
     tokens = jnp.asarray(prompt_tokens, jnp.int32)
     if prompt_segment_ids is None:
         prompt_segment_ids = jnp.ones_like(tokens)
