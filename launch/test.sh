@@ -8,7 +8,7 @@ cd "$root"
 set +e
 # Two pytest-xdist workers (SBSD_TEST_WORKERS; 0 runs in this process), each given whole test
 # files: a file's module fixtures (a trained run its tests read) run once, in one worker.
-"$venv/bin/python" -m pytest -n "${SBSD_TEST_WORKERS:-2}" --dist loadfile "$@"
+"$venv/bin/python" -m pytest -n "${SBSD_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -6,8 +6,20 @@ import os
 import shutil
 import tempfile
 
+from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
+
 # Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM optimisation level 0: the suite compiles several hundred tiny programs whose run time is
+# microseconds; optimising them cost a sixth of the suite's CPU time. Every verdict holds
+# at any level: bitwise comparisons are between programs compiled the same way, and the other
+# comparisons (sharded vs one device, scanned vs unrolled, ours vs transformers) allow the
+# rounding noise measured under these same flags (tests/rounding_noise.py).
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
+# The flags `python -m sbsd_jax.main` adds for itself: a program this process compiles is the
+# program a training subprocess compiles (one cache entry, the same numbers).
+apply_default_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # compute_dtype='auto' would pick bfloat16 on AMD CPUs with AVX512-BF16 and float32 elsewhere:
 # tests (and the processes they start) run the same float32 programs on every host kind.
@@ -34,3 +46,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Files with slow tests first: pytest-xdist hands out whole files in collection order,
+    and a long file handed out last runs on one worker while the other has nothing left."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: files stay whole

@@ -5,27 +5,25 @@ and sharding, the OCDBT index, array data, the data iterator's position, metrics
 markers), missing or corrupted, in the newest of two steps. Either Orbax does not need that
 file (the step restores, bit for bit) or the newest step is reported, moved whole to
 `corrupt_checkpoints/` and the older one restored, bit for bit. One trained pair of steps is
-copied per case. The end-to-end tests do the same through `python -m sbsd_jax.main`.
+copied per case. tests/test_train_resume.py does the same through `python -m sbsd_jax.main`,
+on a real run's checkpoints.
 """
 
 from __future__ import annotations
 
 import pathlib
 import shutil
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_run import REPO, main_command, run_env, write_tiny_run
 
 from sbsd_jax.train.checkpointing import (
     Checkpointer,
     CheckpointPolicy,
     CorruptCheckpointError,
     abstract_like,
-    read_state_arrays,
 )
 
 FALLS_BACK, RESTORES = "falls back to the older step", "restores"
@@ -54,7 +52,7 @@ def two_steps(tmp_path_factory) -> pathlib.Path:
     return directory
 
 
-def _array_data_file(step_dir: pathlib.Path) -> pathlib.Path:
+def array_data_file(step_dir: pathlib.Path) -> pathlib.Path:
     """The largest file of the state's OCDBT data: where the parameter's bytes are."""
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
     return max(files, key=lambda p: p.stat().st_size)
@@ -64,7 +62,7 @@ def _index_node_file(step_dir: pathlib.Path) -> pathlib.Path:
     return next((step_dir / "state" / "d").iterdir())
 
 
-def _damage(path: pathlib.Path, how: str) -> None:
+def damage(path: pathlib.Path, how: str) -> None:
     data = path.read_bytes()
     if how == "missing":
         path.unlink()
@@ -124,9 +122,9 @@ def test_each_damaged_file_is_named_and_the_older_step_restores(
     directory = tmp_path / "checkpoints"
     shutil.copytree(two_steps, directory)
     newest = directory / "2"
-    special = {"<array data>": _array_data_file, "<index node>": _index_node_file}
+    special = {"<array data>": array_data_file, "<index node>": _index_node_file}
     damaged = special[name](newest) if name in special else newest / name
-    _damage(damaged, how)
+    damage(damaged, how)
     relative = damaged.relative_to(newest)
     damaged_bytes = None if how == "missing" else damaged.read_bytes()
 
@@ -159,7 +157,7 @@ def test_each_damaged_file_is_named_and_the_older_step_restores(
 def test_restoring_a_damaged_step_directly_is_one_line_naming_step_and_item(two_steps, tmp_path):
     directory = tmp_path / "checkpoints"
     shutil.copytree(two_steps, directory)
-    _damage(directory / "2" / "state" / "_sharding", "truncated")
+    damage(directory / "2" / "state" / "_sharding", "truncated")
     with (
         Checkpointer(directory, CheckpointPolicy(keep_last=2)) as checkpointer,
         pytest.raises(CorruptCheckpointError) as caught,
@@ -175,8 +173,8 @@ def test_restoring_a_damaged_step_directly_is_one_line_naming_step_and_item(two_
 def test_when_no_step_restores_each_is_listed_and_nothing_is_moved(two_steps, tmp_path):
     directory = tmp_path / "checkpoints"
     shutil.copytree(two_steps, directory)
-    _damage(directory / "2" / "data" / "metadata", "missing")
-    _damage(_array_data_file(directory / "1"), "zeroed")
+    damage(directory / "2" / "data" / "metadata", "missing")
+    damage(array_data_file(directory / "1"), "zeroed")
     with (
         Checkpointer(directory, CheckpointPolicy(keep_last=2)) as checkpointer,
         pytest.raises(CorruptCheckpointError) as caught,
@@ -193,7 +191,7 @@ def test_when_no_step_restores_each_is_listed_and_nothing_is_moved(two_steps, tm
 def test_the_step_set_aside_can_be_written_again_and_the_old_copy_stays(two_steps, tmp_path):
     directory = tmp_path / "checkpoints"
     shutil.copytree(two_steps, directory)
-    _damage(_array_data_file(directory / "2"), "zeroed")
+    damage(array_data_file(directory / "2"), "zeroed")
     with Checkpointer(directory, CheckpointPolicy(keep_last=2)) as checkpointer:
         assert checkpointer.restore_latest(abstract_like(_state(0.0))).step == 1
         assert checkpointer.save(2, _state(2.0), {"index": 2})
@@ -202,83 +200,3 @@ def test_the_step_set_aside_can_be_written_again_and_the_old_copy_stays(two_step
     assert restored.step == 2 and not restored.skipped
     _assert_tree_equal(restored.state, _state(2.0))
     assert (tmp_path / "corrupt_checkpoints" / "2" / "state").is_dir()
-
-
-# -- through the trainer's command line ---------------------------------------------------------
-
-NUM_STEPS, CHECKPOINT_EVERY = 8, 4
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-    """(config, workdir) of an uninterrupted run with checkpoints at steps 4 and 8."""
-    root = tmp_path_factory.mktemp("corrupt_resume")
-    config = write_tiny_run(
-        root,
-        {
-            "num_train_steps": NUM_STEPS,
-            "checkpoint_every": CHECKPOINT_EVERY,
-            "keep_checkpoints": 2,
-            "log_every": 4,
-        },
-    )
-    workdir = root / "uninterrupted"
-    _main(config, workdir, expect=0)
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]
-    return config, workdir
-
-
-def _main(config: pathlib.Path, workdir: pathlib.Path, expect: int, *overrides: str):
-    result = subprocess.run(
-        main_command(config, workdir, *overrides),
-        cwd=REPO,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == expect, result.stderr[-3000:]
-    return result
-
-
-@pytest.mark.slow
-def test_resume_skips_a_damaged_newest_checkpoint_and_ends_bitwise_equal(trained, tmp_path):
-    config, reference = trained
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    damaged = _array_data_file(workdir / "checkpoints" / str(NUM_STEPS))
-    _damage(damaged, "zeroed")
-    damaged_bytes = damaged.read_bytes()
-
-    result = _main(config, workdir, 0)
-    assert f"Skipped checkpoint step {NUM_STEPS} ({workdir}/checkpoints/{NUM_STEPS})" in (
-        result.stdout
-    )
-    assert f"Resuming from step {CHECKPOINT_EVERY} " in result.stdout
-    # Steps 5..8 trained again from step 4 end where the uninterrupted run ended.
-    expected = read_state_arrays(reference / "checkpoints" / str(NUM_STEPS))
-    got = read_state_arrays(workdir / "checkpoints" / str(NUM_STEPS))
-    assert sorted(got) == sorted(expected)
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=name, strict=True)
-    moved = workdir / "corrupt_checkpoints" / str(NUM_STEPS)
-    assert (moved / damaged.relative_to(workdir / "checkpoints" / str(NUM_STEPS))).read_bytes() == (
-        damaged_bytes
-    )
-
-
-@pytest.mark.slow
-def test_a_run_whose_checkpoints_all_fail_stops_with_a_short_message(trained, tmp_path):
-    config, reference = trained
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    (workdir / "checkpoints" / str(NUM_STEPS) / "state" / "_sharding").write_text("{")
-    (workdir / "checkpoints" / str(CHECKPOINT_EVERY) / "data" / "metadata").unlink()
-
-    result = _main(config, workdir, 1)
-    assert "Traceback" not in result.stderr
-    ours = [line for line in result.stderr.splitlines() if "checkpoint" in line]
-    assert ours[0].startswith("sbsd_jax.main: CorruptCheckpointError: no checkpoint in"), ours
-    assert f"checkpoint step {NUM_STEPS}" in result.stderr and "_sharding" in result.stderr
-    assert f"checkpoint step {CHECKPOINT_EVERY}" in result.stderr
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]

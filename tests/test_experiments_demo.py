@@ -11,6 +11,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from tiny_run import xla_flags
 
 from sbsd_jax.data import synthetic, synthetic_world
 from sbsd_jax.data.features import METHOD_EVAL_TASK, TASK_KINDS
@@ -22,8 +23,9 @@ from sbsd_jax.settings import from_config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_writes_table_csv_figure_and_one_run_per_student(tmp_path) -> None:
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(None), JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [
             sys.executable,

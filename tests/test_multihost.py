@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tiny_run import REPO, tiny_fields, write_tiny_data
+from tiny_run import REPO, tiny_fields, write_tiny_data, xla_flags
 
 from sbsd_jax.train.checkpointing import read_state_arrays
 
@@ -89,7 +89,7 @@ def worker_env(devices: int, distributed: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SBSD_")}
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         PYTHONPATH=str(REPO),
         **distributed,
     )

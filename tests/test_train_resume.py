@@ -1,10 +1,12 @@
 """Interrupted runs end where an uninterrupted one ends: resume in a new process, SIGKILL, SIGTERM.
 
-Every run is `python -m sbsd_jax.main` in a subprocess on a tiny T5 and fixture data (8 fake CPU
-devices, fsdp over all of them). The reference trains NUM_STEPS steps without interruption; the
-others are stopped and resumed, and their final train state (params, optimizer state, step)
-must be bitwise equal to the reference's. Runs that several tests look at are module fixtures;
-a test that changes a run's workdir works on a copy.
+Every run trains a tiny T5 on fixture data (8 fake CPU devices, fsdp over all of them). The
+reference trains NUM_STEPS steps without interruption, in this process (it compiles what a
+subprocess compiles: conftest gives this process the trainer's XLA flags); the others are
+`python -m sbsd_jax.main` in a subprocess, stopped and resumed (or resumed from a damaged
+checkpoint), and their final train state (params, optimizer state, step) must be bitwise equal
+to the reference's. Runs that several tests look at are module fixtures; a test that changes a
+run's workdir works on a copy.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_checkpoint_corruption import array_data_file, damage
 from tiny_run import REPO, main_command, run_env, write_tiny_run
 
+from sbsd_jax.experiments.config_files import load_config_file
 from sbsd_jax.runtime.preemption import PreemptionWatcher
 from sbsd_jax.train.checkpointing import read_state_arrays
-from sbsd_jax.train.loop import FINISHED_MARKER
+from sbsd_jax.train.loop import FINISHED_MARKER, train_and_evaluate
 
 # Not a multiple of CHECKPOINT_EVERY: the final checkpoint every test reads exists only because
 # the last step is always saved.
@@ -53,7 +57,9 @@ class Runs:
     def command(self, workdir: pathlib.Path, *overrides: str) -> list[str]:
         return main_command(self.config, workdir, *overrides)
 
-    def run(self, workdir: pathlib.Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, workdir: pathlib.Path, *overrides: str, expect: int = 0
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             self.command(workdir, *overrides),
             cwd=REPO,
@@ -62,8 +68,11 @@ class Runs:
             text=True,
             timeout=RUN_TIMEOUT_S,
         )
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == expect, result.stderr[-3000:]
         return result
+
+    def run_in_this_process(self, workdir: pathlib.Path) -> None:
+        train_and_evaluate(load_config_file(str(self.config)), str(workdir))
 
     def start_and_signal(
         self, workdir: pathlib.Path, signum: int, at_step: int, *overrides: str
@@ -127,9 +136,9 @@ def runs(tmp_path_factory) -> Runs:
 
 @pytest.fixture(scope="module")
 def uninterrupted(runs: Runs) -> pathlib.Path:
-    """The workdir of an uninterrupted NUM_STEPS run."""
+    """The workdir of an uninterrupted NUM_STEPS run (checkpoints 8 and NUM_STEPS kept)."""
     workdir = runs.root / "uninterrupted"
-    runs.run(workdir)
+    runs.run_in_this_process(workdir)
     return workdir
 
 
@@ -274,6 +283,46 @@ def test_resuming_with_another_model_shape_is_refused_naming_arrays_and_fields(
     assert "model_overrides.d_ff: None -> 48" in result.stderr
     assert "Traceback" not in result.stderr
     assert (workdir / "config.json").read_text() == saved_config  # the record is kept
+
+
+@pytest.mark.slow
+def test_resume_skips_a_damaged_newest_checkpoint_and_ends_bitwise_equal(
+    runs, uninterrupted, reference_state, tmp_path
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    older = _committed_steps(workdir)[-2]
+    damaged = array_data_file(workdir / "checkpoints" / str(NUM_STEPS))
+    damage(damaged, "zeroed")  # restores without an error: only the checksum tells
+    damaged_bytes = damaged.read_bytes()
+
+    result = runs.run(workdir)
+    assert f"Skipped checkpoint step {NUM_STEPS} ({workdir}/checkpoints/{NUM_STEPS})" in (
+        result.stdout
+    )
+    assert f"Resuming from step {older} " in result.stdout
+    # The steps after the older checkpoint, trained again, end where the reference ended.
+    _assert_states_bitwise_equal(_final_state(workdir), reference_state)
+    moved = workdir / "corrupt_checkpoints" / str(NUM_STEPS)
+    relative = damaged.relative_to(workdir / "checkpoints" / str(NUM_STEPS))
+    assert (moved / relative).read_bytes() == damaged_bytes  # kept as it was
+
+
+@pytest.mark.slow
+def test_a_run_whose_checkpoints_all_fail_stops_with_a_short_message(runs, uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    older, newest = _committed_steps(workdir)
+    (workdir / "checkpoints" / str(newest) / "state" / "_sharding").write_text("{")
+    (workdir / "checkpoints" / str(older) / "data" / "metadata").unlink()
+
+    result = runs.run(workdir, expect=1)
+    assert "Traceback" not in result.stderr
+    ours = [line for line in result.stderr.splitlines() if "checkpoint" in line]
+    assert ours[0].startswith("sbsd_jax.main: CorruptCheckpointError: no checkpoint in"), ours
+    assert f"checkpoint step {newest}" in result.stderr and "_sharding" in result.stderr
+    assert f"checkpoint step {older}" in result.stderr
+    assert _committed_steps(workdir) == [older, newest]  # nothing moved or deleted
 
 
 def test_sigterm_only_sets_a_flag_and_the_previous_handler_comes_back():

@@ -250,6 +250,7 @@ def test_adafactor_factored_moments_are_replicated_and_full_moments_follow_their
     assert program.state_shardings.step.spec == P()
 
 
+@pytest.mark.slow
 def test_scanned_layers_train_like_unscanned_layers_with_adafactor(tmp_path):
     """scan_layers stacks each layer kind into one [layers, ...] array; Adafactor's block-RMS
     clipping, parameter scale and second moments treat that axis as a batch axis (T5X), so the

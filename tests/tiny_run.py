@@ -104,3 +104,16 @@ def main_command(config: pathlib.Path, workdir: pathlib.Path, *overrides: str) -
 def run_env(**extra: str) -> dict[str, str]:
     """This process's environment (conftest's devices and compilation cache) plus `extra`."""
     return {**os.environ, **extra}
+
+
+def xla_flags(device_count: int | None) -> str:
+    """The session's XLA_FLAGS (conftest) with its fake CPU device count set to `device_count`
+    (None: JAX's default of one)."""
+    kept = [
+        flag
+        for flag in os.environ.get("XLA_FLAGS", "").split()
+        if not flag.startswith("--xla_force_host_platform_device_count=")
+    ]
+    if device_count is not None:
+        kept.append(f"--xla_force_host_platform_device_count={device_count}")
+    return " ".join(kept)
