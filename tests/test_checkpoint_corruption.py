@@ -5,8 +5,8 @@ and sharding, the OCDBT index, array data, the data iterator's position, metrics
 markers), missing or corrupted, in the newest of two steps. Either Orbax does not need that
 file (the step restores, bit for bit) or the newest step is reported, moved whole to
 `corrupt_checkpoints/` and the older one restored, bit for bit. One trained pair of steps is
-copied per case. tests/test_train_resume.py does the same through `python -m sbsd_jax.main`,
-on a real run's checkpoints.
+copied per case. tests/test_train_resume.py resumes a real run past a damaged newest step, and
+checks the command line's message when no step restores.
 """
 
 from __future__ import annotations

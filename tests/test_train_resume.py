@@ -1,12 +1,12 @@
 """Interrupted runs end where an uninterrupted one ends: resume in a new process, SIGKILL, SIGTERM.
 
 Every run trains a tiny T5 on fixture data (8 fake CPU devices, fsdp over all of them). The
-reference trains NUM_STEPS steps without interruption, in this process (it compiles what a
-subprocess compiles: conftest gives this process the trainer's XLA flags); the others are
-`python -m sbsd_jax.main` in a subprocess, stopped and resumed (or resumed from a damaged
-checkpoint), and their final train state (params, optimizer state, step) must be bitwise equal
-to the reference's. Runs that several tests look at are module fixtures; a test that changes a
-run's workdir works on a copy.
+reference trains NUM_STEPS steps without interruption in this process (which compiles what a
+subprocess compiles: conftest gives it the trainer's XLA flags). The others are stopped in a
+`python -m sbsd_jax.main` subprocess (SIGTERM, SIGKILL), or start from a damaged checkpoint,
+and resume in a new process (the SIGTERM case) or in this one; their final train state
+(params, optimizer state, step) must be bitwise equal to the reference's. Runs that several
+tests look at are module fixtures; a test that changes a run's workdir works on a copy.
 """
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ class Runs:
         assert result.returncode == expect, result.stderr[-3000:]
         return result
 
-    def run_in_this_process(self, workdir: pathlib.Path) -> None:
-        train_and_evaluate(load_config_file(str(self.config)), str(workdir))
+    def run_in_this_process(self, workdir: pathlib.Path, **fields: object) -> None:
+        """The run (`fields` over the config file) in the test process: what it prints goes
+        to capsys."""
+        config = load_config_file(str(self.config))
+        config.update(fields)
+        train_and_evaluate(config, str(workdir))
 
     def start_and_signal(
         self, workdir: pathlib.Path, signum: int, at_step: int, *overrides: str
@@ -207,7 +211,7 @@ def test_done_is_written_at_the_end_and_only_there(preempted, resumed):
 
 
 @pytest.mark.slow
-def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, reference_state):
+def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, reference_state, capsys):
     workdir = runs.root / "killed"
     status, _ = runs.start_and_signal(workdir, signal.SIGKILL, at_step=9)
     assert status == -signal.SIGKILL
@@ -219,8 +223,9 @@ def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, refer
     (workdir / "checkpoints" / f"{NUM_STEPS - 1}.orbax-checkpoint-tmp-1234" / "state").mkdir(
         parents=True
     )
-    result = runs.run(workdir)
-    assert f"Resuming from step {last} " in result.stdout
+    capsys.readouterr()
+    runs.run_in_this_process(workdir)
+    assert f"Resuming from step {last} " in capsys.readouterr().out
     _assert_states_bitwise_equal(_final_state(workdir), reference_state)
     # The steps after the checkpoint ran twice but are logged once.
     logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
@@ -228,11 +233,12 @@ def test_after_sigkill_only_steps_since_the_last_checkpoint_are_lost(runs, refer
 
 
 EVAL_EVERY = 3  # evaluations at 3, 6, 9 and the last step; checkpoints at 4, 8 and 10
-EVALUATING = (
-    "--config.eval_splits=('valid', 'test')",
-    f"--config.eval_every={EVAL_EVERY}",
-    "--config.decode_rationales=True",
-)
+EVALUATING_FIELDS = {
+    "eval_splits": ("valid", "test"),
+    "eval_every": EVAL_EVERY,
+    "decode_rationales": True,
+}
+EVALUATING = tuple(f"--config.{name}={value!r}" for name, value in EVALUATING_FIELDS.items())
 
 
 @pytest.mark.slow
@@ -251,7 +257,7 @@ def test_sigterm_during_evaluation_checkpoints_at_once_and_the_resume_evaluates_
     assert metadata["custom_metadata"]["evaluation_pending"] is True  # besides the checksums
     assert not any("valid_accuracy" in line for line in (workdir / "metrics.jsonl").open())
 
-    runs.run(workdir, *EVALUATING)
+    runs.run_in_this_process(workdir, **EVALUATING_FIELDS)
     evaluations = [
         row["step"]
         for row in map(json.loads, (workdir / "metrics.jsonl").open())
@@ -287,7 +293,7 @@ def test_resuming_with_another_model_shape_is_refused_naming_arrays_and_fields(
 
 @pytest.mark.slow
 def test_resume_skips_a_damaged_newest_checkpoint_and_ends_bitwise_equal(
-    runs, uninterrupted, reference_state, tmp_path
+    runs, uninterrupted, reference_state, tmp_path, capsys
 ):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
@@ -296,11 +302,11 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_ends_bitwise_equal(
     damage(damaged, "zeroed")  # restores without an error: only the checksum tells
     damaged_bytes = damaged.read_bytes()
 
-    result = runs.run(workdir)
-    assert f"Skipped checkpoint step {NUM_STEPS} ({workdir}/checkpoints/{NUM_STEPS})" in (
-        result.stdout
-    )
-    assert f"Resuming from step {older} " in result.stdout
+    capsys.readouterr()
+    runs.run_in_this_process(workdir)
+    printed = capsys.readouterr().out
+    assert f"Skipped checkpoint step {NUM_STEPS} ({workdir}/checkpoints/{NUM_STEPS})" in printed
+    assert f"Resuming from step {older} " in printed
     # The steps after the older checkpoint, trained again, end where the reference ended.
     _assert_states_bitwise_equal(_final_state(workdir), reference_state)
     moved = workdir / "corrupt_checkpoints" / str(NUM_STEPS)
