@@ -34,17 +34,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # or multi-host test starts (tests/tiny_run.py gives them one config), and each test that
 # builds the same model. JAX's persistent cache, fresh for each session (so the suite's time is
 # that of a cold start) and inherited by those processes and by pytest-xdist's workers,
-# compiles each program once: every program, since a process's many sub-second compiles add up
-# to most of its start-up. An entry is keyed by the program's HLO, the compile options and
-# flags (the device count among them), the jaxlib version and the backend, so a hit is the
+# compiles each such program once. An entry is keyed by the program's HLO, the compile options
+# and flags (the device count among them), the jaxlib version and the backend, so a hit is the
 # executable that compiling would give: it cannot change what a test computes. The size limit
 # turns on the file lock that two processes compiling the same program at once need.
+# Only programs that took 0.1 s or more to compile are kept: with the size limit, every write
+# reads the access time of every entry (jax._src.lru_cache), and the thousands of one-op
+# programs that eager code compiles in milliseconds made each write cost more than the compile
+# it saves (the architecture tests took 67 s instead of 30 s beside 3,000 entries). A tiny
+# training process still finds its init, train step and decoders there (14 s warm, 22 s cold).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="sbsd-jax-test-compile-cache-")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
