@@ -5,11 +5,12 @@ import dataclasses
 import json
 import os
 import random
+import tempfile
 
 import pytest
 
 from sbsd_jax.data.examples import DatasetSpec
-from sbsd_jax.data.sources import load_dataset_splits
+from sbsd_jax.data.sources import load_dataset_splits, read_source
 from sbsd_jax.data.synthetic import (
     RuleBasedTeacher,
     SyntheticConfig,
@@ -133,3 +134,13 @@ def test_rule_based_teacher_answers_any_synthetic_input():
         assert parse_completion("synthetic", completion).label == record["label"]
     with pytest.raises(UnparseableCompletion):
         parse_completion("synthetic", teacher.complete("What is the capital of France?"))
+
+
+def test_generated_data_without_a_data_dir_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """Without config.data_dir the generated files go to a temporary folder that is read into
+    memory and removed; the report says the data was not kept instead of naming that folder."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = read_source(DatasetSpec(dataset="synthetic_world", source="synthetic"))
+    assert data.splits["train"] and data.teacher["train"]
+    assert list(tmp_path.iterdir()) == []
+    assert set(data.origin.values()) == {"generated (not kept: set config.data_dir)"}

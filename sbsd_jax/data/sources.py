@@ -86,28 +86,35 @@ def read_source(spec: DatasetSpec) -> SourceData:
             load_teacher=spec.load_teacher,
         )
     if spec.source == "synthetic":
-        from sbsd_jax.data import synthetic, synthetic_world
-        from sbsd_jax.data.paper_layout import load_paper_layout
-
-        writers = {
-            "synthetic": lambda folder: synthetic.write_paper_layout(folder),
-            "synthetic_world": lambda folder: synthetic_world.write_paper_layout(folder),
-        }
-        if spec.dataset not in writers:
-            raise ValueError(
-                f"source 'synthetic' only serves datasets {sorted(writers)}, not {spec.dataset!r}"
-            )
-        data_dir = spec.data_dir or tempfile.mkdtemp(prefix="sbsd_synthetic_")
-        train_file = os.path.join(data_dir, spec.dataset, f"{spec.dataset}_train.json")
-        if not os.path.isfile(train_file):
-            writers[spec.dataset](data_dir)
-        return load_paper_layout(
-            spec.dataset,
-            data_dir,
-            load_teacher=spec.load_teacher,
-            rationale_dir=spec.rationale_dir,
-        )
+        if spec.data_dir:
+            return _read_synthetic(spec, spec.data_dir)
+        # No folder asked for: generate into a temporary one, read it, and leave nothing behind.
+        with tempfile.TemporaryDirectory(prefix="sbsd_synthetic_") as folder:
+            data = _read_synthetic(spec, folder)
+        data.origin = {split: "generated (not kept: set config.data_dir)" for split in data.origin}
+        return data
     raise UnknownDatasetError(f"unknown data source {spec.source!r}")
+
+
+def _read_synthetic(spec: DatasetSpec, data_dir: str) -> SourceData:
+    """The generated dataset in the paper's layout under `data_dir` (written unless there)."""
+    from sbsd_jax.data import synthetic, synthetic_world
+    from sbsd_jax.data.paper_layout import load_paper_layout
+
+    writers = {
+        "synthetic": synthetic.write_paper_layout,
+        "synthetic_world": synthetic_world.write_paper_layout,
+    }
+    if spec.dataset not in writers:
+        raise ValueError(
+            f"source 'synthetic' only serves datasets {sorted(writers)}, not {spec.dataset!r}"
+        )
+    train_file = os.path.join(data_dir, spec.dataset, f"{spec.dataset}_train.json")
+    if not os.path.isfile(train_file):
+        writers[spec.dataset](data_dir)
+    return load_paper_layout(
+        spec.dataset, data_dir, load_teacher=spec.load_teacher, rationale_dir=spec.rationale_dir
+    )
 
 
 def _attach(
