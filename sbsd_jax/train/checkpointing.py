@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from sbsd_jax.runtime.run_storage import absolute_path
+from sbsd_jax.train.failed_read_leftovers import log_failed_read_leftovers
 from sbsd_jax.train.state_fingerprint import differing, fingerprints, path_name
 
 STATE_ITEM = "state"
@@ -64,6 +65,12 @@ def _reason(error: BaseException) -> str:
     that make its messages tens of lines long, cut to a readable length."""
     text = str(error).split(" [tensorstore_spec", 1)[0].split(" See full TensorStore", 1)[0]
     text = re.sub(r'Error opening "\w+" driver: ', "", text).strip()
+    # TensorStore chains its causes ('Error reading "x" in ... local file "state/": Error
+    # decoding local file "state/manifest.ocdbt": ...'): the last file named is the damaged one.
+    files = list(re.finditer(r'Error \w+ local file "', text))
+    if files:
+        status = re.match(r"[A-Z_]+: ", text)
+        text = (status.group(0) if status else "") + text[files[-1].start() :]
     line = text.splitlines()[0] if text else ""
     if len(line) > _MAX_REASON_CHARS:
         line = line[: _MAX_REASON_CHARS - 3] + "..."
@@ -380,7 +387,9 @@ class Checkpointer:
         (a pytree of jax.ShapeDtypeStruct with `.sharding`, e.g. from `jax.eval_shape`).
 
         Every file of the step is read (a damaged one is a damaged write, even where the
-        arrays would still load); the first that fails raises CorruptCheckpointError."""
+        arrays would still load); the first that fails raises CorruptCheckpointError (and the
+        reads still in flight then fail again, unawaited: see failed_read_leftovers)."""
+        log_failed_read_leftovers()
         if step not in self._manager.all_steps():
             raise FileNotFoundError(
                 f"no committed checkpoint for step {step} in {self.directory} "
