@@ -118,6 +118,10 @@ def hbm_bytes_for(device_kind: str, topology_name: str = "") -> float | None:
 MEGACORE_GENERATIONS: tuple[str, ...] = ("v4", "v5p")
 
 
+class TopologyError(ValueError):
+    """A --topology that libtpu cannot describe (or no libtpu); the message says which."""
+
+
 def topology_devices(
     topology: str,
     num_slices: int = 1,
@@ -142,7 +146,7 @@ def topology_devices(
     try:
         description = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
     except Exception as error:  # libtpu missing or an unknown topology name
-        raise RuntimeError(
+        raise TopologyError(
             f"cannot describe TPU topology {topology!r} ({error}); is libtpu installed? "
             f'pip install "jax[tpu]=={jax.__version__}"'
         ) from error
@@ -322,11 +326,15 @@ def main(argv: list[str]) -> None:
         print(error, file=sys.stderr)
         sys.exit(2)
     bounds = _HOST_BOUNDS.value
-    devices = topology_devices(
-        _TOPOLOGY.value,
-        _NUM_SLICES.value,
-        tuple(int(x) for x in bounds) if bounds else None,  # type: ignore[arg-type]
-    )
+    try:
+        devices = topology_devices(
+            _TOPOLOGY.value,
+            _NUM_SLICES.value,
+            tuple(int(x) for x in bounds) if bounds else None,  # type: ignore[arg-type]
+        )
+    except TopologyError as error:
+        print(f"sbsd_jax.aot: --topology={_TOPOLOGY.value}: {error}", file=sys.stderr)
+        sys.exit(2)
     start = time.perf_counter()
     try:
         compiled, program = compile_train_step(spec, devices)

@@ -146,6 +146,24 @@ def test_an_unknown_config_field_is_named_like_the_trainer_does():
     assert "sbsd_jax.aot: unknown config field 'foo' in --config.foo=1" in result.stderr
 
 
+def test_a_topology_libtpu_cannot_describe_is_one_line_naming_the_flag():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.aot", f"--config={CONFIGS / 'cqa.py'}"]
+        + ["--topology=v9x-3"],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    ours = [line for line in result.stderr.splitlines() if "v9x-3" in line]
+    assert len(ours) == 1 and ours[0].startswith("sbsd_jax.aot: --topology=v9x-3: "), ours
+
+
 @pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu for the topology's devices")
 @pytest.mark.parametrize(
     "topology, layout",

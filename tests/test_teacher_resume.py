@@ -144,3 +144,24 @@ def test_the_command_refuses_to_resume_with_another_teacher(tmp_path):
         )
         assert shots.returncode == 2 and "prompt set hash" in shots.stderr
         assert len(server.requests) == 3
+
+
+def test_a_missing_data_folder_or_split_is_one_line_and_exit_1(tmp_path):
+    write_svamp(tmp_path)
+    with FakeTeacherServer(svamp_like_answer) as server:
+        missing_folder = subprocess.run(
+            teacher_command(tmp_path / "nowhere", server), capture_output=True, text=True
+        )
+        command = [arg for arg in teacher_command(tmp_path, server) if arg != "--split=train"]
+        missing_split = subprocess.run([*command, "--split=dev"], capture_output=True, text=True)
+        assert server.requests == []
+    assert missing_folder.returncode == 1 and missing_split.returncode == 1
+    assert missing_folder.stderr.strip().splitlines() == [
+        f"sbsd_jax.teacher: DataFormatError: file {tmp_path / 'nowhere' / 'svamp'}: "
+        "no folder for dataset 'svamp'"
+    ]
+    assert missing_split.stderr.strip().splitlines() == [
+        "sbsd_jax.teacher: split 'dev' not in the paper data (has: train, test); "
+        "valid splits carved from train are labelled as part of train"
+    ]
+    assert not (tmp_path / "svamp" / "teacher").exists()

@@ -7,10 +7,10 @@
 Writes {out_dir}/{dataset}/llm/{split}_CoT_{i}.json (out_dir defaults to data_dir, i.e. where
 the paper-layout reader looks) plus {out_dir}/{dataset}/teacher/{split}/ records, manifest and
 report. Rerun the same command after a crash or Ctrl-C to continue. Exit status: 0 done,
-1 bad flags, 2 refused (changed run, another run holds the lock, damaged records, a server
-that does not sample although --n_samples > 1 and --temperature > 0 ask it to),
-3 some examples still lack a completion (rerun to retry them), 4 teacher unavailable,
-130 interrupted.
+1 bad flags or data (one line naming the flag, or the file and line), 2 refused (changed
+run, another run holds the lock, damaged records, a server that does not sample although
+--n_samples > 1 and --temperature > 0 ask it to), 3 some examples still lack a completion
+(rerun to retry them), 4 teacher unavailable, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -101,6 +101,13 @@ flags.DEFINE_bool("export_only", False, "Only (re)write the CoT files from the r
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+EXIT_BAD_INPUT = 1
+
+
+class BadInputError(Exception):
+    """A flag or data file the run cannot use: printed as one line, without the flag help."""
+
+
 def unescape_stop(value: str) -> str:
     """'\\n\\nQ:' typed in a shell -> two newlines and 'Q:'."""
     return value.replace("\\n", "\n").replace("\\t", "\t")
@@ -119,9 +126,12 @@ def _load_examples() -> list:
         tfds_name=FLAGS.tfds_name,
         load_teacher=False,
     )
-    splits = read_source(spec).splits
+    try:
+        splits = read_source(spec).splits
+    except ValueError as error:  # DataFormatError, UnknownDatasetError: they name file/line
+        raise BadInputError(f"{type(error).__name__}: {error}") from error
     if FLAGS.split not in splits:
-        raise app.UsageError(
+        raise BadInputError(
             f"split {FLAGS.split!r} not in the {FLAGS.data_source} data "
             f"(has: {', '.join(splits)}); "
             "valid splits carved from train are labelled as part of train"
@@ -130,12 +140,21 @@ def _load_examples() -> list:
 
 
 def main(argv: list[str]) -> int:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    try:
+        return _generate_or_export()
+    except BadInputError as error:
+        print(f"sbsd_jax.teacher: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _generate_or_export() -> int:
     if not FLAGS.dataset or not FLAGS.model:
-        raise app.UsageError("--dataset and --model are required")
+        raise BadInputError("--dataset and --model are required")
     out_dir = FLAGS.out_dir or FLAGS.data_dir
     if not out_dir:
-        raise app.UsageError("--out_dir (or --data_dir) is required")
+        raise BadInputError("--out_dir (or --data_dir) is required")
     if FLAGS.n_samples > 1 and FLAGS.temperature == 0.0:
         print(
             "warning: --n_samples > 1 at temperature 0 gives identical samples; "
@@ -172,7 +191,7 @@ def main(argv: list[str]) -> int:
             allow_non_sampling=FLAGS.allow_non_sampling,
         )
     except (PromptSetError, ValueError) as error:
-        raise app.UsageError(str(error)) from error
+        raise BadInputError(str(error)) from error
     examples = _load_examples()
     client_config = ClientConfig(
         base_url=FLAGS.base_url,
