@@ -33,9 +33,11 @@ def test_grid_is_every_model_fraction_method_models_outermost() -> None:
     assert cells[-1] == Cell("b", 1.0, "step_by_step")
 
 
-def test_fraction_outside_unit_interval_is_rejected() -> None:
-    with pytest.raises(ValueError, match="1.5"):
+def test_fraction_outside_unit_interval_or_not_a_number_is_rejected_naming_the_flag() -> None:
+    with pytest.raises(ValueError, match=r"--fractions: '1.5' is not in \(0, 1\]"):
         sweep.expand_grid(["s"], ["1.5"], ["standard"])
+    with pytest.raises(ValueError, match="--fractions: 'abc' is not a number"):
+        sweep.expand_grid(["s"], ["abc"], ["standard"])
 
 
 def test_each_cell_has_its_own_workdir_and_command() -> None:

@@ -85,7 +85,10 @@ def expand_grid(
     when given, every model needs one."""
     parsed = []
     for text in fractions:
-        fraction = float(text)
+        try:
+            fraction = float(text)
+        except ValueError:
+            raise ValueError(f"--fractions: {text!r} is not a number") from None
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"--fractions: {text!r} is not in (0, 1]")
         parsed.append(fraction)
