@@ -58,6 +58,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     from sbsd_jax.data.examples import DataFormatError
+    from sbsd_jax.model.hf_checkpoint import CheckpointError
     from sbsd_jax.train.checkpointing import CorruptCheckpointError
     from sbsd_jax.train.loop import train_and_evaluate
 
@@ -66,8 +67,9 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as error:
         print(f"sbsd_jax.main: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (DataFormatError, CorruptCheckpointError) as error:
-        # Bad input files: the message names the file (and line / field); no traceback needed.
+    except (DataFormatError, CorruptCheckpointError, CheckpointError) as error:
+        # Bad input files: the message names the file (and line / field, or tensor); no
+        # traceback needed.
         print(f"sbsd_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary.describe())

@@ -407,6 +407,63 @@ def static_config(data_dir: pathlib.Path, field: str, value: object):
     return config
 
 
+def _checkpoint_folder(root: pathlib.Path, config_json: str | None, weights: bool) -> str:
+    folder = root / "student"
+    folder.mkdir()
+    if config_json is not None:
+        (folder / "config.json").write_text(config_json)
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"")
+    return str(folder)
+
+
+def _a_file(root: pathlib.Path) -> str:
+    (root / "student.bin").write_bytes(b"weights?")
+    return str(root / "student.bin")
+
+
+INIT_CHECKPOINT_CASES = {
+    # case: (the value given a tmp folder, words of the one problem)
+    "a folder that does not exist": (lambda root: str(root / "nowhere"), "no such checkpoint"),
+    "a file": (lambda root: _a_file(root), "expected a checkpoint directory, got a file"),
+    "no config.json": (lambda root: _checkpoint_folder(root, None, True), "missing config.json"),
+    "config.json not JSON": (
+        lambda root: _checkpoint_folder(root, "{", True),
+        "config.json: invalid JSON",
+    ),
+    "config.json not an object": (
+        lambda root: _checkpoint_folder(root, "[]", True),
+        "config.json: not a JSON object",
+    ),
+    "no weights": (
+        lambda root: _checkpoint_folder(root, "{}", False),
+        "no model.safetensors, model.safetensors.index.json, pytorch_model.bin",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INIT_CHECKPOINT_CASES))
+def test_a_local_init_checkpoint_that_cannot_load_is_refused_before_the_run(
+    tmp_path, data_dir, case
+):
+    from sbsd_jax.settings.validation import ConfigError, validate
+
+    make_value, words = INIT_CHECKPOINT_CASES[case]
+    value = make_value(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        validate(static_config(data_dir, "init_checkpoint", value), None)
+    assert len(refused.value.problems) == 1, refused.value.problems
+    assert refused.value.problems[0].startswith(f"config.init_checkpoint={value!r}: ")
+    assert words in refused.value.problems[0]
+
+
+def test_a_hub_id_init_checkpoint_is_left_to_the_run_that_fetches_it(data_dir):
+    from sbsd_jax.settings.validation import validate
+
+    # Nothing is fetched while validating (no network then): the run fetches it at its start.
+    validate(static_config(data_dir, "init_checkpoint", "someone/their-student"), None)
+
+
 @pytest.mark.parametrize("case", sorted(GROUP_CASES))
 def test_every_config_group_is_checked_without_devices(data_dir, case):
     from sbsd_jax.settings.validation import ConfigError, validate

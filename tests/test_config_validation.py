@@ -321,8 +321,10 @@ def test_a_pretrained_sentencepiece_student_needs_its_vocabulary(tmp_path):
     config = good_config()
     config.init_checkpoint = "google/t5-v1_1-base"
     assert "reads SentencePiece ids but config.vocabulary='byte'" in errors_of(config)
+    (tmp_path / "config.json").write_text("{}")  # a local Hugging Face folder
+    (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "spiece.model").write_bytes(b"")
-    config.init_checkpoint = str(tmp_path)  # a local Hugging Face folder
+    config.init_checkpoint = str(tmp_path)
     assert "reads SentencePiece ids but config.vocabulary='byte'" in errors_of(config)
     (tmp_path / "spiece.model").unlink()  # e.g. our own byte-level export
     validate(config, 8)

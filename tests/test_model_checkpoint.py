@@ -158,6 +158,17 @@ def test_missing_weights_file_is_reported(checkpoint: Path) -> None:
         load_hf_t5(checkpoint)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_safetensors_file_is_named(checkpoint: Path, damage: str) -> None:
+    weights = checkpoint / "model.safetensors"
+    if damage == "garbage":
+        weights.write_bytes(b"not a safetensors file")
+    else:
+        weights.write_bytes(weights.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=f"{weights}: unreadable safetensors file"):
+        load_hf_t5(checkpoint)
+
+
 def test_pytorch_bin_checkpoints_load_like_safetensors(checkpoint: Path, tmp_path: Path) -> None:
     as_bin = tmp_path / "bin"
     shutil.copytree(checkpoint, as_bin)

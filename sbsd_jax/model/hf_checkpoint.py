@@ -274,6 +274,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         return dict(safetensors.numpy.load_file(str(path)))
     except TypeError:  # bfloat16: parse the (simple, documented) format ourselves
         pass
+    except Exception as error:  # SafetensorError (a damaged header or data), OSError
+        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from error
     import ml_dtypes
 
     dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
@@ -339,8 +341,41 @@ def config_from_dir(directory: Path, from_hf: Callable[..., ConfigT], **override
     return from_hf(hf_config, source=str(config_path), **overrides)
 
 
-def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path:
-    """A local directory as is; otherwise a hub id downloaded by huggingface_hub (needs network)."""
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def local_checkpoint_problem(path_or_hub_id: str) -> str | None:
+    """What makes a local checkpoint directory unusable, read before the run starts (its
+    config.json and which weight files it has; the tensors are checked when loaded); None for
+    a usable one or a hub id, which is fetched when the run starts."""
+    try:
+        directory = _local_checkpoint_dir(path_or_hub_id)
+        if directory is None:
+            return None
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            return f"{directory}: missing config.json"
+        try:
+            hf_config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return f"{config_path}: invalid JSON ({error})"
+        if not isinstance(hf_config, dict):
+            return f"{config_path}: not a JSON object"
+        if not any((directory / name).is_file() for name in _WEIGHT_FILES):
+            return f"{directory}: no {', '.join(_WEIGHT_FILES)} found"
+    except CheckpointError as error:
+        return str(error)
+    return None
+
+
+def _local_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path | None:
+    """The local directory `path_or_hub_id` names, None for a hub id (CheckpointError for a
+    path that is neither)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
@@ -351,6 +386,14 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path:
         raise CheckpointError(
             f"{text}: no such checkpoint directory (and not a hub id like 'google/flan-t5-base')"
         )
+    return None
+
+
+def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike[str]) -> Path:
+    """A local directory as is; otherwise a hub id downloaded by huggingface_hub (needs network)."""
+    local = _local_checkpoint_dir(path_or_hub_id)
+    if local is not None:
+        return local
     from huggingface_hub import snapshot_download
 
     return Path(

@@ -20,6 +20,7 @@ from sbsd_jax.data.examples import KNOWN_DATASETS, SOURCE_KINDS
 from sbsd_jax.data.features import DECODER_TEMPLATES as TEMPLATES
 from sbsd_jax.data.features import METHOD_TASKS
 from sbsd_jax.model.config import HUB_CHECKPOINTS, REMAT_POLICIES
+from sbsd_jax.model.hf_checkpoint import local_checkpoint_problem
 from sbsd_jax.model.sharding import MESH_AXES
 from sbsd_jax.model.spec import all_model_names, family_of
 from sbsd_jax.runtime.compute_dtype import CPU_DTYPE_ENV, CPU_DTYPES
@@ -319,13 +320,20 @@ def _model_problems(config: ml_collections.ConfigDict, check_data: bool) -> list
         model_config = family.make_config(config.model, **model_overrides(config))
     except (ValueError, TypeError) as error:
         return [f"config.model_overrides: {error}"]
-    problems = _lora_problems(config)
+    problems = _lora_problems(config) + _init_checkpoint_problems(config)
     if family.causal:
         problems += _causal_problems(config)
         if check_data:
             problems += _hf_tokenizer_problems(config, model_config.vocab_size)
         return problems
     return problems + (_vocabulary_problems(config, model_config.vocab_size) if check_data else [])
+
+
+def _init_checkpoint_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """A local init_checkpoint that cannot load (hub ids are fetched when the run starts)."""
+    checkpoint = str(config.get("init_checkpoint") or "")
+    problem = local_checkpoint_problem(checkpoint) if checkpoint else None
+    return [f"config.init_checkpoint={checkpoint!r}: {problem}"] if problem else []
 
 
 def _lora_problems(config: ml_collections.ConfigDict) -> list[str]:
