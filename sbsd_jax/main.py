@@ -44,6 +44,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
+    from sbsd_jax.runtime.run_storage import local_folder_problem
+
+    if problem := local_folder_problem(_WORKDIR.value):
+        print(f"sbsd_jax.main: --workdir: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     from sbsd_jax.runtime.jax_platforms import skip_absent_accelerators
     from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 

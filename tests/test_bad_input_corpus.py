@@ -375,6 +375,56 @@ def test_a_bad_flag_is_named_before_anything_starts(tmp_path, data_dir, case):
     assert not workdir.exists()
 
 
+CONFIG_FILE_CASES = {
+    # case: (the config file's text, words of the one line after 'sbsd_jax.main: --config=F')
+    "a syntax error": ("def get_config(:\n", ", line 1: invalid syntax"),
+    "no get_config": ("def config():\n    pass\n", ": the file defines no get_config()"),
+    "an error in its code": (
+        "def get_config():\n    return undefined_name\n",
+        ", line 2: NameError: name 'undefined_name' is not defined",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_FILE_CASES))
+def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, case):
+    text, words = CONFIG_FILE_CASES[case]
+    config_file = tmp_path / "my_config.py"
+    config_file.write_text(text)
+    workdir = tmp_path / "run"
+    result = run_module("sbsd_jax.main", f"--config={config_file}", f"--workdir={workdir}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"sbsd_jax.main: --config={config_file}{words}"]
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_workdir_that_cannot_be_a_folder_is_refused_before_anything_starts(
+    tmp_path, data_dir, where
+):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    workdir = a_file if where == "a file" else a_file / "run"
+    result = run_module("sbsd_jax.main", *demo_config(data_dir, workdir))
+    assert_refused(result.returncode, result.stderr, "sbsd_jax.main: --workdir: ", str(a_file))
+    assert result.returncode == 2
+    assert a_file.read_text() == "mine"
+
+
+def test_an_export_folder_that_cannot_be_written_is_a_config_error(tmp_path, data_dir):
+    from sbsd_jax.settings.validation import ConfigError, validate
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    config = static_config(data_dir, "export_hf_dir", str(a_file))
+    config.export_which = "final"
+    with pytest.raises(ConfigError) as refused:
+        validate(config, None)
+    assert list(refused.value.problems) == [
+        f"config.export_hf_dir={str(a_file)!r}: {a_file} exists and is not a folder"
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Every config group is checked before any side effect (no devices, no distributed start)
 

@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 import sys
+import traceback
 from collections.abc import Mapping
 
 import ml_collections
@@ -85,6 +86,42 @@ def with_overrides(
     return holder.value
 
 
+def _config_path(argv: list[str]) -> str | None:
+    """The file `--config=path[:argument]` (or `--config path`) names, if any."""
+    for index, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1].split(":", 1)[0]
+    return None
+
+
+def config_file_error(error: BaseException, path: str | None) -> str | None:
+    """One line for an error the config file itself raised (its syntax, its code, or no
+    get_config()), naming the file and line; None for any other error."""
+    if not path:
+        return None
+    resolved = os.path.realpath(path)
+    if isinstance(error, SyntaxError) and os.path.realpath(error.filename or "") == resolved:
+        return f"--config={path}, line {error.lineno}: {error.msg}"
+    if isinstance(error, AttributeError) and "'get_config'" in str(error):
+        return f"--config={path}: the file defines no get_config()"
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:  # ml_collections re-raises some errors
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for link in chain:
+        lines = [
+            frame.lineno
+            for frame in traceback.extract_tb(link.__traceback__)
+            if os.path.realpath(frame.filename) == resolved
+        ]
+        if lines:
+            return f"--config={path}, line {lines[-1]}: {type(link).__name__}: {link}"
+    return None
+
+
 def parse_config_flags(argv: list[str], *, program: str) -> list[str]:
     """absl's flag parsing (an `app.run` flags_parser), but an override of a field the config
     lacks (`--config.no_such_field=1`) is named with exit status 2, not a traceback."""
@@ -94,7 +131,13 @@ def parse_config_flags(argv: list[str], *, program: str) -> list[str]:
         print(f"FATAL Flags parsing error: {error}", file=sys.stderr)
         print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
         sys.exit(1)
-    except (AttributeError, KeyError) as error:
+    except Exception as error:
+        in_file = config_file_error(error, _config_path(argv))
+        if in_file is not None:
+            print(f"{program}: {in_file}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
+        if not isinstance(error, (AttributeError, KeyError)):
+            raise
         missing = _unknown_field(error)
         culprits = [arg for arg in argv[1:] if arg.startswith("--config.") and missing in arg]
         where = culprits[0] if culprits else f"--config.{missing}"

@@ -37,6 +37,7 @@ from absl import app, flags, logging
 from sbsd_jax.experiments.config_files import load_config_file
 from sbsd_jax.runtime.host_malloc import restart_with_huge_page_malloc
 from sbsd_jax.runtime.jax_platforms import skip_absent_accelerators
+from sbsd_jax.runtime.run_storage import local_folder_problem
 from sbsd_jax.runtime.xla_flags import apply_default_xla_flags
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -273,6 +274,9 @@ def main(argv: Sequence[str]) -> int:
         members = grid_members(config, _GRID.value == "full", _SEEDS.value, _FRACTIONS.value)
     except ValueError as error:
         print(f"sbsd_jax.experiments.demo: {error}", file=sys.stderr)
+        return 2
+    if problem := local_folder_problem(_WORKDIR.value):
+        print(f"sbsd_jax.experiments.demo: --workdir: {problem}", file=sys.stderr)
         return 2
     apply_default_xla_flags()  # as sbsd_jax.main does, before JAX starts
     skip_absent_accelerators()  # as sbsd_jax.main does

@@ -8,6 +8,7 @@ its own disk). `etils.epath` (what Orbax uses) reads and writes both.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from etils import epath
 
@@ -24,3 +25,24 @@ def absolute_path(path: str | os.PathLike[str]) -> epath.Path:
     if is_url(path):
         return epath.Path(path)
     return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def local_folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a local folder could not be used (written to, or created) by a run, None when it
+    can, or for a URL (the object store answers when it is first written)."""
+    if is_url(path):
+        return None
+    folder = os.path.abspath(os.fspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder} exists and is not a folder"
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"cannot create {folder}: {existing} is a file"
+    verb = "write to" if existing == folder else "create"
+    try:  # a probe folder, removed at once: permissions, read-only mounts, /proc alike
+        os.rmdir(tempfile.mkdtemp(prefix=".sbsd_probe_", dir=existing))
+    except OSError as error:
+        return f"cannot {verb} {folder}: {existing} is not writable ({error.strerror})"
+    return None

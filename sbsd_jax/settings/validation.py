@@ -25,7 +25,7 @@ from sbsd_jax.model.sharding import MESH_AXES
 from sbsd_jax.model.spec import all_model_names, family_of
 from sbsd_jax.runtime.compute_dtype import CPU_DTYPE_ENV, CPU_DTYPES
 from sbsd_jax.runtime.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
-from sbsd_jax.runtime.run_storage import is_url
+from sbsd_jax.runtime.run_storage import is_url, local_folder_problem
 from sbsd_jax.settings.spec import (
     EXPORT_WHICH,
     LR_SCHEDULES,
@@ -113,6 +113,8 @@ def _data_problems(config: ml_collections.ConfigDict) -> list[str]:
             f"config.export_hf_dir={config.export_hf_dir!r}: the Hugging Face export writes a "
             "local folder; export locally and copy it up (gsutil cp -r / gcloud storage cp -r)"
         )
+    elif config.export_hf_dir and (problem := local_folder_problem(config.export_hf_dir)):
+        problems.append(f"config.export_hf_dir={config.export_hf_dir!r}: {problem}")
     if config.export_hf_dir and config.export_which == "best":
         if "valid" not in names:
             problems.append(
