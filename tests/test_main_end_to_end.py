@@ -204,6 +204,28 @@ def test_a_resumed_run_drops_the_rows_of_steps_it_will_redo(tmp_path):
     assert [row["step"] for row in read_metrics(tmp_path)] == [5, 10, 15]
 
 
+def test_damaged_or_torn_metrics_lines_are_skipped_by_every_reader_and_dropped_on_resume(
+    tmp_path,
+):
+    from sbsd_jax.eval.mfu import read_metrics_rows
+    from sbsd_jax.experiments.report import read_run
+
+    logger = MetricsLogger(tmp_path, is_primary=True, tensorboard=False)
+    for step in (5, 10):
+        logger.write(step, {"train_loss": 1.0 / step})
+    with (tmp_path / "metrics.jsonl").open("ab") as handle:
+        handle.write(b'\xff\xfe{"step": 12}\n{"step": 15, "train_lo')  # bad bytes, then torn
+    (tmp_path / "config.json").write_text('{"method": "standard", "model": "t5_tiny"}')
+    expected = [{"step": 5, "train_loss": 0.2}, {"step": 10, "train_loss": 0.1}]
+    assert read_metrics(tmp_path) == expected
+    assert read_metrics_rows(tmp_path) == expected
+    assert read_run(str(tmp_path)) is not None
+    assert logger.discard_after(10) == 2
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(
+        json.dumps(row) + "\n" for row in expected
+    )
+
+
 # --- Workdirs at a URL (gs://), served offline -------------------------------------------------
 
 

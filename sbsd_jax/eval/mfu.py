@@ -132,12 +132,12 @@ def median_step_seconds(rows: Sequence[Mapping[str, Any]]) -> tuple[float, int] 
 
 
 def read_metrics_rows(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """metrics.jsonl's rows; a line a crash left half written is skipped."""
+    """metrics.jsonl's rows; a line a crash left half written, or damaged bytes, is skipped."""
     path = epath.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -33,9 +33,11 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 
 from sbsd_jax.eval.efficiency import EFFICIENCY_FILE
+from sbsd_jax.train.metric_writers import read_metrics
 
 REFERENCE_LINES_FILE = "reference_lines.json"
 METHOD_LABELS: dict[str, str] = {
@@ -131,10 +133,13 @@ def read_run(workdir: str) -> RunResult | None:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if not (os.path.isfile(config_path) and os.path.isfile(metrics_path)):
         return None
-    with open(config_path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    with open(metrics_path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        print(f"skipped {config_path}: not valid JSON ({error})", file=sys.stderr)
+        return None
+    rows = read_metrics(workdir)  # half-written or damaged lines skipped
     step, test = _last_value(rows, "test_accuracy")
     _, valid = _last_value(rows, "valid_accuracy")
     _, num_params = _last_value(rows, "num_params")

@@ -90,7 +90,7 @@ class MetricsLogger:
     def _read_rows(self) -> str:
         """metrics.jsonl as it is, ending in a newline ('' when absent), for a rewrite."""
         try:
-            text = self.metrics_path.read_text(encoding="utf-8")
+            text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""
         return text if not text or text.endswith("\n") else text + "\n"
@@ -101,7 +101,8 @@ class MetricsLogger:
         dropped. The TensorBoard event files are left as they are."""
         if not self.is_primary or not self.metrics_path.exists():
             return 0
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.splitlines(keepends=True)  # damaged bytes: an unparseable line, dropped
         row_steps = [_row_step(line) for line in lines]
         kept = [
             line
@@ -133,12 +134,20 @@ class MetricsLogger:
 
 
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of <workdir>/metrics.jsonl, oldest first (a local folder or a URL)."""
+    """The rows of <workdir>/metrics.jsonl, oldest first (a local folder or a URL); a line a
+    crash left half written, or damaged bytes, is skipped (a resumed run drops it)."""
     path = epath.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    with path.open("r", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    rows = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def _duration(seconds: float) -> str:
