@@ -165,7 +165,7 @@ def test_a_damaged_safetensors_file_is_named(checkpoint: Path, damage: str) -> N
         weights.write_bytes(b"not a safetensors file")
     else:
         weights.write_bytes(weights.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match=f"{weights}: unreadable safetensors file"):
+    with pytest.raises(CheckpointError, match=f"{weights}: not a readable safetensors file"):
         load_hf_t5(checkpoint)
 
 

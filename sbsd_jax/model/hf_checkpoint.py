@@ -267,7 +267,8 @@ _SAFETENSORS_DTYPES = {
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as numpy (bfloat16 via ml_dtypes, which numpy lacks)."""
+    """All tensors of a .safetensors file as numpy (bfloat16 via ml_dtypes, which numpy lacks);
+    a damaged file is a CheckpointError naming it."""
     import safetensors.numpy
 
     try:
@@ -275,7 +276,16 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     except TypeError:  # bfloat16: parse the (simple, documented) format ourselves
         pass
     except Exception as error:  # SafetensorError (a damaged header or data), OSError
-        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from error
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    try:
+        return _read_safetensors_by_hand(path)
+    except CheckpointError:
+        raise
+    except Exception as error:  # json / struct / reshape errors on a damaged file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def _read_safetensors_by_hand(path: Path) -> dict[str, np.ndarray]:
     import ml_dtypes
 
     dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)

@@ -193,12 +193,7 @@ def _layout(config: DecoderConfig) -> list[_Mapping]:
 def _read_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing checkpoint file")
-    try:
-        return read_safetensors(path)
-    except CheckpointError:
-        raise
-    except Exception as error:  # safetensors / json / struct errors on a damaged file
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    return read_safetensors(path)  # a damaged file: CheckpointError naming it
 
 
 def read_tensors(directory: Path) -> dict[str, np.ndarray]:
