@@ -34,6 +34,7 @@ from etils import epath
 from sbsd_jax.model import flops
 from sbsd_jax.model.config import T5Config
 from sbsd_jax.model.decoder_only.config import DecoderConfig
+from sbsd_jax.runtime.run_storage import read_json_rows
 from sbsd_jax.settings.spec import RunSpec
 
 STEP_SECONDS_METRIC = "train_step_seconds"
@@ -133,18 +134,7 @@ def median_step_seconds(rows: Sequence[Mapping[str, Any]]) -> tuple[float, int] 
 
 def read_metrics_rows(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """metrics.jsonl's rows; a line a crash left half written, or damaged bytes, is skipped."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_json_rows(epath.Path(workdir) / "metrics.jsonl")
 
 
 def matmul_peak_flops(

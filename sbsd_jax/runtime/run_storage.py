@@ -7,8 +7,10 @@ its own disk). `etils.epath` (what Orbax uses) reads and writes both.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from typing import Any
 
 from etils import epath
 
@@ -46,3 +48,21 @@ def local_folder_problem(path: str | os.PathLike[str]) -> str | None:
     except OSError as error:
         return f"cannot {verb} {folder}: {existing} is not writable ({error.strerror})"
     return None
+
+
+def read_json_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (local or a URL), in order; [] when it is absent.
+    A line a crash left half written, or with damaged bytes, is skipped, not fatal: the run
+    that owns the file drops such lines when it resumes."""
+    file = absolute_path(path)
+    if not file.exists():
+        return []
+    rows = []
+    for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

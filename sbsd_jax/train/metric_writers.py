@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from etils import epath
 
-from sbsd_jax.runtime.run_storage import is_url
+from sbsd_jax.runtime.run_storage import is_url, read_json_rows
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -136,18 +136,7 @@ class MetricsLogger:
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of <workdir>/metrics.jsonl, oldest first (a local folder or a URL); a line a
     crash left half written, or damaged bytes, is skipped (a resumed run drops it)."""
-    path = epath.Path(workdir) / METRICS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_json_rows(epath.Path(workdir) / METRICS_FILE)
 
 
 def _duration(seconds: float) -> str:
