@@ -9,6 +9,7 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from sbsd_jax.data.examples import Example
@@ -147,6 +148,19 @@ def test_report_command_names_the_missing_run_file_without_a_traceback(tmp_path)
         f"sbsd_jax.eval.report: {tmp_path}/config.json: not found; --workdir must be a run "
         "directory of sbsd_jax.main"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"{", "invalid JSON"), (b"\xff\xfe{}", "invalid JSON"), (b"[]", "not a JSON object")],
+    ids=["torn", "not UTF-8", "a list"],
+)
+def test_a_damaged_run_config_is_named_in_one_error(tmp_path, content, words):
+    from sbsd_jax.eval.report import ReportError, _run_config
+
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(ReportError, match=f"{tmp_path}/config.json: {words}"):
+        _run_config(str(tmp_path))
 
 
 def test_latency_batch_is_the_rows_a_mesh_splits_a_batch_into_and_no_eval_no_report():

@@ -220,6 +220,9 @@ def test_damaged_or_torn_metrics_lines_are_skipped_by_every_reader_and_dropped_o
     assert read_metrics(tmp_path) == expected
     assert read_metrics_rows(tmp_path) == expected
     assert read_run(str(tmp_path)) is not None
+    for damaged in ("{", "[]", "\udcff"):  # the sweep report skips such a run, naming it
+        (tmp_path / "config.json").write_text(damaged, errors="surrogateescape")
+        assert read_run(str(tmp_path)) is None
     assert logger.discard_after(10) == 2
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(
         json.dumps(row) + "\n" for row in expected

@@ -75,10 +75,12 @@ def _run_config(workdir: str):
     if not path.exists():
         raise ReportError(f"{path}: not found; --workdir must be a run directory of sbsd_jax.main")
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as error:
+        fields = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ReportError(f"{path}: invalid JSON ({error})") from error
-    return config
+    if not isinstance(fields, dict):
+        raise ReportError(f"{path}: not a JSON object; was it written by sbsd_jax.main?")
+    return ml_collections.ConfigDict(fields)
 
 
 def _training_chips(mesh, devices: int) -> int:

@@ -139,6 +139,9 @@ def read_run(workdir: str) -> RunResult | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         print(f"skipped {config_path}: not valid JSON ({error})", file=sys.stderr)
         return None
+    if not isinstance(config, dict):
+        print(f"skipped {config_path}: not a JSON object", file=sys.stderr)
+        return None
     rows = read_metrics(workdir)  # half-written or damaged lines skipped
     step, test = _last_value(rows, "test_accuracy")
     _, valid = _last_value(rows, "valid_accuracy")
