@@ -114,6 +114,15 @@ def test_unprepared_tfds_dataset_is_a_clear_error(tmp_path):
         load_dataset_splits(DatasetSpec(dataset="gsm8k", source="tfds", data_dir=str(tmp_path)))
 
 
+def test_an_unknown_tfds_name_is_a_clear_error(tmp_path):
+    spec = DatasetSpec(
+        dataset="cqa", source="tfds", data_dir=str(tmp_path), tfds_name="no_such_builder"
+    )
+    with pytest.raises(DataFormatError, match="no TFDS dataset 'no_such_builder' here") as error:
+        load_dataset_splits(spec)
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+
+
 def test_tensorflow_sees_no_accelerators():
     tf = import_tensorflow()
     assert tf.config.get_visible_devices("GPU") == []

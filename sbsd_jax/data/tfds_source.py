@@ -41,7 +41,15 @@ def load_tfds(
         dataset, (tfds_name, {"train": "train", "valid": "validation", "test": "test"})
     )
     name = tfds_name or default_name
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # DatasetNotFoundError: an unknown name, or nothing prepared
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DataFormatError(
+            f"no TFDS dataset {name!r} here ({type(error).__name__}: {first_line}); "
+            "set tfds_name to a prepared builder, or prepare it with `tfds build`",
+            path=str(data_dir),
+        ) from error
     prepared = set(builder.info.splits.keys())  # empty under tfds.testing.mock_data
     data = SourceData(splits={})
     for split in SPLITS:
