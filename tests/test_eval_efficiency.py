@@ -155,12 +155,22 @@ def test_report_command_names_the_missing_run_file_without_a_traceback(tmp_path)
     [(b"{", "invalid JSON"), (b"\xff\xfe{}", "invalid JSON"), (b"[]", "not a JSON object")],
     ids=["torn", "not UTF-8", "a list"],
 )
-def test_a_damaged_run_config_is_named_in_one_error(tmp_path, content, words):
-    from sbsd_jax.eval.report import ReportError, _run_config
+def test_a_damaged_run_config_is_named_in_one_line(tmp_path, content, words):
+    import subprocess
+    import sys
 
     (tmp_path / "config.json").write_bytes(content)
-    with pytest.raises(ReportError, match=f"{tmp_path}/config.json: {words}"):
-        _run_config(str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.eval.report", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sbsd_jax.eval.report: {tmp_path}/config.json: {words}"
+    ), result.stderr
 
 
 def test_latency_batch_is_the_rows_a_mesh_splits_a_batch_into_and_no_eval_no_report():
