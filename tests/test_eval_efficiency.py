@@ -133,16 +133,22 @@ def test_end_of_run_hook_writes_efficiency_and_reasoning_reports(tmp_path):
     assert "examples/s at batch 4" in text and "reasoning_test.md" in text
 
 
-def test_report_command_names_the_missing_run_file_without_a_traceback(tmp_path):
+def run_report_command(workdir: pathlib.Path):
+    """`python -m sbsd_jax.eval.report --workdir=...` in a process of its own (importing the
+    entry point defines flags that the demo, in the same test worker, defines too)."""
     import subprocess
     import sys
 
-    result = subprocess.run(
-        [sys.executable, "-m", "sbsd_jax.eval.report", f"--workdir={tmp_path}"],
+    return subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.eval.report", f"--workdir={workdir}"],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_report_command_names_the_missing_run_file_without_a_traceback(tmp_path):
+    result = run_report_command(tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"sbsd_jax.eval.report: {tmp_path}/config.json: not found; --workdir must be a run "
@@ -156,16 +162,8 @@ def test_report_command_names_the_missing_run_file_without_a_traceback(tmp_path)
     ids=["torn", "not UTF-8", "a list"],
 )
 def test_a_damaged_run_config_is_named_in_one_line(tmp_path, content, words):
-    import subprocess
-    import sys
-
     (tmp_path / "config.json").write_bytes(content)
-    result = subprocess.run(
-        [sys.executable, "-m", "sbsd_jax.eval.report", f"--workdir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_report_command(tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
