@@ -341,14 +341,22 @@ def read_hf_tensors(directory: Path) -> dict[str, np.ndarray]:
 def config_from_dir(directory: Path, from_hf: Callable[..., ConfigT], **overrides: Any) -> ConfigT:
     """Our config from a checkpoint directory's config.json, converted by the model family's
     `from_hf` (its config_from_hf) with `overrides`; errors name the file."""
+    hf_config = _read_hf_config(directory)
+    return from_hf(hf_config, source=str(directory / "config.json"), **overrides)
+
+
+def _read_hf_config(directory: Path) -> dict[str, Any]:
+    """The directory's config.json as a dict; CheckpointError naming the file otherwise."""
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: missing config.json")
     try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+        hf_config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path}: invalid JSON ({error})") from error
-    return from_hf(hf_config, source=str(config_path), **overrides)
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_path}: not a JSON object")
+    return hf_config
 
 
 _WEIGHT_FILES = (
@@ -367,15 +375,7 @@ def local_checkpoint_problem(path_or_hub_id: str) -> str | None:
         directory = _local_checkpoint_dir(path_or_hub_id)
         if directory is None:
             return None
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            return f"{directory}: missing config.json"
-        try:
-            hf_config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            return f"{config_path}: invalid JSON ({error})"
-        if not isinstance(hf_config, dict):
-            return f"{config_path}: not a JSON object"
+        _read_hf_config(directory)
         if not any((directory / name).is_file() for name in _WEIGHT_FILES):
             return f"{directory}: no {', '.join(_WEIGHT_FILES)} found"
     except CheckpointError as error:
