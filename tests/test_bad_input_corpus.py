@@ -376,13 +376,16 @@ def test_a_bad_flag_is_named_before_anything_starts(tmp_path, data_dir, case):
 
 
 CONFIG_FILE_CASES = {
-    # case: (the config file's text, words of the one line after 'sbsd_jax.main: --config=F')
+    # case: (the config file's text, None for no file or "folder" for a folder there; words of
+    # the one line after 'sbsd_jax.main: --config=F')
     "a syntax error": ("def get_config(:\n", ", line 1: invalid syntax"),
     "no get_config": ("def config():\n    pass\n", ": the file defines no get_config()"),
     "an error in its code": (
         "def get_config():\n    return undefined_name\n",
         ", line 2: NameError: name 'undefined_name' is not defined",
     ),
+    "a missing file": (None, ": no such file"),
+    "a folder": ("folder", ": a folder, not a config file"),
 }
 
 
@@ -390,7 +393,10 @@ CONFIG_FILE_CASES = {
 def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, case):
     text, words = CONFIG_FILE_CASES[case]
     config_file = tmp_path / "my_config.py"
-    config_file.write_text(text)
+    if text == "folder":
+        config_file.mkdir()
+    elif text is not None:
+        config_file.write_text(text)
     workdir = tmp_path / "run"
     result = run_module("sbsd_jax.main", f"--config={config_file}", f"--workdir={workdir}")
     assert result.returncode == 2

@@ -153,12 +153,6 @@ def test_workdir_is_required(tmp_path):
     assert "workdir" in result.stderr
 
 
-def test_a_missing_config_file_is_named(tmp_path):
-    result = run_main(f"--config={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
-    assert result.returncode == 2
-    assert str(tmp_path / "nope.py") in result.stderr
-
-
 def test_progress_line_shows_step_rate_eta_and_loss():
     stream = io.StringIO()
     bar = ProgressBar(100, start_step=0, stream=stream)

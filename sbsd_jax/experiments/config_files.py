@@ -122,9 +122,22 @@ def config_file_error(error: BaseException, path: str | None) -> str | None:
     return None
 
 
+def missing_config_file(path: str | None) -> str | None:
+    """One line when `--config` names no file (ml_collections' own answer is a page about
+    'config_config' and the paths it attempted); None otherwise."""
+    if not path or os.path.isfile(path):
+        return None
+    what = "a folder, not a config file" if os.path.isdir(path) else "no such file"
+    return f"--config={path}: {what}"
+
+
 def parse_config_flags(argv: list[str], *, program: str) -> list[str]:
-    """absl's flag parsing (an `app.run` flags_parser), but an override of a field the config
-    lacks (`--config.no_such_field=1`) is named with exit status 2, not a traceback."""
+    """absl's flag parsing (an `app.run` flags_parser), but a missing config file, an error in
+    it, or an override of a field the config lacks (`--config.no_such_field=1`) is named with
+    exit status 2, not a traceback."""
+    if missing := missing_config_file(_config_path(argv)):
+        print(f"{program}: {missing}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
