@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -185,3 +187,70 @@ def test_no_efficiency_json_no_latency_table_or_figure(sweep_root) -> None:
     files = report.write_report(str(sweep_root))
     assert files.latency_figure is None and "inference cost" not in files.table
     assert report.format_params(540e9) == "540B" and report.format_params(886_528) == "887K"
+
+
+def run_report_cli(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sbsd_jax.experiments.report", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_command_writes_the_report_of_the_runs_under_root(sweep_root) -> None:
+    result = run_report_cli(f"--root={sweep_root}", "--teacher_accuracy=0.9")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (sweep_root / "report.md").is_file() and (sweep_root / "runs.csv").is_file()
+    assert "Teacher: 90.0%" in result.stdout
+
+
+def test_a_root_without_runs_is_one_line_and_writes_nothing(tmp_path) -> None:
+    (tmp_path / "not_a_run").mkdir()
+    result = run_report_cli(f"--root={tmp_path}")
+    assert result.returncode == 2
+    assert result.stdout.strip().splitlines() == [
+        f"sbsd_jax.experiments.report: no runs under --root {str(tmp_path)!r} (a run folder "
+        "holds config.json and metrics.jsonl); nothing written"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_run"]
+
+
+@pytest.mark.parametrize(
+    "flag", ["--teacher_accuracy=2", "--floor=-0.1", "--teacher_params=0", "--split=train"]
+)
+def test_a_reference_flag_out_of_range_is_named_and_writes_nothing(sweep_root, flag) -> None:
+    result = run_report_cli(f"--root={sweep_root}", flag)
+    assert result.returncode != 0
+    name = flag.split("=")[0].lstrip("-")
+    assert f"flag --{name}=" in result.stderr and "Traceback" not in result.stderr
+    assert not (sweep_root / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("{not json", "not valid JSON (Expecting property name"),
+        ("[0.5]", "not a JSON object"),
+        ('{"teacher_accuracy": "high"}', "field 'teacher_accuracy' must be a number"),
+        ('{"teacher_name": 540}', "field 'teacher_name' must be text"),
+    ],
+)
+def test_a_damaged_reference_lines_file_is_named(sweep_root, content, says) -> None:
+    path = sweep_root / report.REFERENCE_LINES_FILE
+    path.write_text(content)
+    result = run_report_cli(f"--root={sweep_root}")
+    assert result.returncode == 2
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith(f"sbsd_jax.experiments.report: {path}: {says}")
+    assert not (sweep_root / "report.md").exists()
+
+
+def test_a_run_with_a_wrong_typed_field_is_skipped_with_its_folder_named(sweep_root) -> None:
+    bad = make_run(sweep_root, "standard", 0.5, 0, 0.4)
+    (bad / "config.json").write_text(json.dumps({"method": "standard", "train_fraction": "half"}))
+    result = run_report_cli(f"--root={sweep_root}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"skipped {bad}: a field of config.json or metrics.jsonl" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(report.collect_runs(str(sweep_root))) == 12

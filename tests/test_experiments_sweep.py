@@ -196,3 +196,10 @@ def test_the_sweep_report_has_the_fraction_and_model_size_figures_with_the_teach
     assert "| t5_v1_1_small | 0.5 | 5.0 ± 0.0 (1) | 10.0 ± 0.0 (1) |" in table
     assert "| t5_v1_1_base | 1 | 35.0 ± 0.0 (1) | 40.0 ± 0.0 (1) |" in table
     assert "Teacher: 77.0%" in table
+
+
+def test_a_damaged_reference_lines_file_leaves_the_sweep_report_unwritten(tmp_path) -> None:
+    (tmp_path / "reference_lines.json").write_text("{not json")
+    text = sweep.describe_report(str(tmp_path), teacher_accuracy=None)
+    assert text.startswith(f"report: not written: {tmp_path / 'reference_lines.json'}: not valid")
+    assert not (tmp_path / "report.md").exists()

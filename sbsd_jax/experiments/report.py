@@ -142,6 +142,16 @@ def read_run(workdir: str) -> RunResult | None:
     if not isinstance(config, dict):
         print(f"skipped {config_path}: not a JSON object", file=sys.stderr)
         return None
+    try:
+        return _run_from(workdir, config)
+    except (TypeError, ValueError) as error:
+        print(
+            f"skipped {workdir}: a field of config.json or metrics.jsonl ({error})", file=sys.stderr
+        )
+        return None
+
+
+def _run_from(workdir: str, config: Mapping) -> RunResult:
     rows = read_metrics(workdir)  # half-written or damaged lines skipped
     step, test = _last_value(rows, "test_accuracy")
     _, valid = _last_value(rows, "valid_accuracy")
@@ -438,14 +448,33 @@ def plot_accuracy_vs_latency(
     plt.close(figure)
 
 
+class ReportInputError(ValueError):
+    """A file or flag the report cannot use; the message names it (one line, no traceback)."""
+
+
 def read_reference_lines(root: str) -> ReferenceLines:
+    """ReferenceLines from root/reference_lines.json (none drawn when there is no such file)."""
     path = os.path.join(root, REFERENCE_LINES_FILE)
     if not os.path.isfile(path):
         return ReferenceLines()
-    with open(path, encoding="utf-8") as handle:
-        payload = json.load(handle)
-    names = {field.name for field in dataclasses.fields(ReferenceLines)}
-    return ReferenceLines(**{k: v for k, v in payload.items() if k in names})
+    try:
+        with open(path, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ReportInputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(payload, dict):
+        raise ReportInputError(f"{path}: not a JSON object")
+    lines = {}
+    for field in dataclasses.fields(ReferenceLines):
+        value = payload.get(field.name)
+        if value is None:
+            continue  # the field's default
+        wants_text = field.name.endswith("_name")
+        if not isinstance(value, str if wants_text else (int, float)) or isinstance(value, bool):
+            kind = "text" if wants_text else "a number"
+            raise ReportInputError(f"{path}: field {field.name!r} must be {kind}, got {value!r}")
+        lines[field.name] = value
+    return ReferenceLines(**lines)
 
 
 def write_reference_lines(root: str, lines: ReferenceLines) -> None:
@@ -469,9 +498,10 @@ def write_report(
     split: str = "test",
     lines: ReferenceLines | None = None,
     title: str = "",
+    runs: Sequence[RunResult] | None = None,
 ) -> ReportFiles:
-    """Collects the runs below `root` and writes report.md, runs.csv and the figures there."""
-    runs = collect_runs(root)
+    """Writes report.md, runs.csv and the figures of `runs` (default: those below `root`)."""
+    runs = collect_runs(root) if runs is None else runs
     lines = lines if lines is not None else read_reference_lines(root)
     points = aggregate(runs, split)
     table = markdown_table(points, split, lines)
@@ -505,7 +535,18 @@ def main(argv: Sequence[str]) -> int:
     if not os.path.isdir(args.root):
         print(f"sbsd_jax.experiments.report: --root {args.root!r} is not a folder")
         return 2
-    stored = read_reference_lines(args.root)
+    runs = collect_runs(args.root)
+    if not runs:
+        print(
+            f"sbsd_jax.experiments.report: no runs under --root {args.root!r} (a run folder "
+            "holds config.json and metrics.jsonl); nothing written"
+        )
+        return 2
+    try:
+        stored = read_reference_lines(args.root)
+    except ReportInputError as error:
+        print(f"sbsd_jax.experiments.report: {error}")
+        return 2
     lines = ReferenceLines(
         teacher_accuracy=_finite_or_none(args.teacher_accuracy) or stored.teacher_accuracy,
         floor=_finite_or_none(args.floor) or stored.floor,
@@ -513,7 +554,7 @@ def main(argv: Sequence[str]) -> int:
         teacher_params=_finite_or_none(args.teacher_params) or stored.teacher_params,
         teacher_name=args.teacher_name or stored.teacher_name,
     )
-    files = write_report(args.root, split=args.split, lines=lines)
+    files = write_report(args.root, split=args.split, lines=lines, runs=runs)
     print(files.table)
     print(f"\nreport: {files.markdown}\nruns:   {files.csv}")
     for figure in (files.fraction_figure, files.model_size_figure, files.latency_figure):
@@ -527,8 +568,25 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("root", None, "Folder holding the run directories.", required=True)
     flags.DEFINE_enum("split", "test", ["test", "valid"], "Which accuracy to report.")
-    flags.DEFINE_float("teacher_accuracy", None, "Teacher's accuracy on the split (0-1).")
-    flags.DEFINE_float("floor", None, "A floor to draw, e.g. the majority answer (0-1).")
-    flags.DEFINE_float("teacher_params", None, "Teacher's parameters, e.g. 540e9 (PaLM 540B).")
+    flags.DEFINE_float(
+        "teacher_accuracy",
+        None,
+        "Teacher's accuracy on the split (0-1).",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "floor",
+        None,
+        "A floor to draw, e.g. the majority answer (0-1).",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "teacher_params",
+        None,
+        "Teacher's parameters, e.g. 540e9 (PaLM 540B).",
+        lower_bound=1.0,
+    )
     flags.DEFINE_string("teacher_name", None, "Teacher's name for the reference, e.g. PaLM 540B.")
     app.run(main)

@@ -56,6 +56,8 @@ def _define_flags() -> None:
         "teacher_accuracy",
         None,
         "The teacher's test accuracy (0-1), drawn as a line in the figures.",
+        lower_bound=0.0,
+        upper_bound=1.0,
     )
     flags.mark_flags_as_required(["config", "workdir_root"])
 
@@ -274,7 +276,10 @@ def describe_report(workdir_root: str, teacher_accuracy: float | None) -> str:
     `python -m sbsd_jax.experiments.report --root=DIR`)."""
     from sbsd_jax.experiments import report
 
-    lines = report.read_reference_lines(workdir_root)
+    try:
+        lines = report.read_reference_lines(workdir_root)
+    except report.ReportInputError as error:
+        return f"report: not written: {error}"
     if teacher_accuracy is not None:
         lines = dataclasses.replace(lines, teacher_accuracy=teacher_accuracy)
         report.write_reference_lines(workdir_root, lines)
