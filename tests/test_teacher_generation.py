@@ -228,6 +228,16 @@ def test_a_request_that_keeps_failing_is_recorded_and_retried_by_the_next_run(tm
     assert len(cot_completions(tmp_path)[1]) == 6
 
 
+def test_a_server_that_cannot_be_reached_is_named_in_the_summary(tmp_path):
+    with FakeTeacherServer(svamp_like_answer) as gone:
+        client = client_for(gone)  # its port is closed once the server has stopped
+    report = generate(run_config(tmp_path), svamp_examples(3), load_prompt_set("svamp"), client)
+    assert (report.completed, report.missing, report.request_failures_this_run) == (0, 3, 3)
+    last = report.summary().splitlines()[-1]
+    assert last.startswith(f"  last request failure: {gone.base_url}")
+    assert "gave up after" in last and "connection error" in last
+
+
 def test_a_wrong_model_name_stops_the_run_at_once(tmp_path):
     with FakeTeacherServer(svamp_like_answer) as server:
         with pytest.raises(TeacherUnavailableError, match="404.*not found"):

@@ -146,6 +146,7 @@ class GenerationReport:
     missing: int = 0  # examples still without one (failed requests, limit, interruption)
     generated_this_run: int = 0
     request_failures_this_run: int = 0
+    last_request_failure: str | None = None  # how the last failed request of this run failed
     parse_failures: int = 0
     parse_failure_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     labelled: int = 0  # completed examples with a human label
@@ -176,6 +177,8 @@ class GenerationReport:
             f"{self.requests} requests; request failures this run: "
             f"{self.request_failures_this_run}",
         ]
+        if self.request_failures_this_run and self.last_request_failure:
+            lines.append(f"  last request failure: {self.last_request_failure}")
         if self.samples_per_example > 1 and self.majority_agreement is not None:
             lines.append(
                 f"  self-consistency: {self.samples_per_example} samples, "
@@ -471,6 +474,7 @@ def generate(
 class _RunStats:
     generated: int = 0
     failures: int = 0
+    last_failure: str | None = None
     fatal: BaseException | None = None
 
 
@@ -543,6 +547,7 @@ def _ask_teacher(
                         bar.update(1)
                 else:
                     stats.failures += 1
+                    stats.last_failure = outcome.record.get("error")
                     consecutive_failures += 1
                     if bar is not None:
                         bar.set_postfix(failures=stats.failures, refresh=False)
@@ -597,6 +602,7 @@ def _build_report(
         missing=len(examples) - len(done),
         generated_this_run=stats.generated,
         request_failures_this_run=stats.failures,
+        last_request_failure=stats.last_failure,
         samples_per_example=config.sampling.n,
         temperature=config.sampling.temperature,
     )
