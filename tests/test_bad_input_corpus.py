@@ -26,6 +26,7 @@ from sbsd_jax.data import inspect
 from sbsd_jax.data.examples import DatasetSpec
 from sbsd_jax.data.sources import load_dataset_splits
 from sbsd_jax.data.synthetic import SyntheticConfig, write_paper_layout
+from sbsd_jax.experiments.config_files import ConfigFileError, load_config_file
 from sbsd_jax.runtime.jax_platforms import only_cpu_can_exist
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -377,7 +378,7 @@ def test_a_bad_flag_is_named_before_anything_starts(tmp_path, data_dir, case):
 
 CONFIG_FILE_CASES = {
     # case: (the config file's text, None for no file or "folder" for a folder there; words of
-    # the one line after 'sbsd_jax.main: --config=F')
+    # the one line after 'PROGRAM: --config=F')
     "a syntax error": ("def get_config(:\n", ", line 1: invalid syntax"),
     "no get_config": ("def config():\n    pass\n", ": the file defines no get_config()"),
     "an error in its code": (
@@ -387,21 +388,51 @@ CONFIG_FILE_CASES = {
     "a missing file": (None, ": no such file"),
     "a folder": ("folder", ": a folder, not a config file"),
 }
+SIBLING_CONFIG = (  # a config that builds on a base.py next to it, as configs/cqa.py does
+    "from sbsd_jax.experiments.config_files import load_sibling_config\n\n\n"
+    "def get_config():\n    return load_sibling_config(__file__)\n"
+)
+CONFIG_PROGRAMS = {  # the programs that take --config, with the rest of their command line
+    "sbsd_jax.main": lambda out: [f"--workdir={out}"],
+    "sbsd_jax.experiments.sweep": lambda out: [f"--workdir_root={out}", "--dry_run"],
+}
+
+
+def config_file_case(folder: pathlib.Path, case: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """(the file to pass as --config, the file the error is in) for a CONFIG_FILE_CASES case,
+    or for 'in a sibling: <case>', the same fault in the base.py a config file loads."""
+    inner = case.removeprefix("in a sibling: ")
+    text, _ = CONFIG_FILE_CASES[inner]
+    faulty = folder / ("base.py" if inner != case else "my_config.py")
+    if text == "folder":
+        faulty.mkdir()
+    elif text is not None:
+        faulty.write_text(text)
+    if inner == case:
+        return faulty, faulty
+    (folder / "my_config.py").write_text(SIBLING_CONFIG)
+    return folder / "my_config.py", faulty
+
+
+@pytest.mark.parametrize("program", sorted(CONFIG_PROGRAMS))
+@pytest.mark.parametrize("case", [*sorted(CONFIG_FILE_CASES), "in a sibling: an error in its code"])
+def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, case, program):
+    config_file, faulty = config_file_case(tmp_path, case)
+    words = CONFIG_FILE_CASES[case.removeprefix("in a sibling: ")][1]
+    out = tmp_path / "run"
+    result = run_module(program, f"--config={config_file}", *CONFIG_PROGRAMS[program](out))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"{program}: --config={faulty}{words}"]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_FILE_CASES))
-def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, case):
-    text, words = CONFIG_FILE_CASES[case]
-    config_file = tmp_path / "my_config.py"
-    if text == "folder":
-        config_file.mkdir()
-    elif text is not None:
-        config_file.write_text(text)
-    workdir = tmp_path / "run"
-    result = run_module("sbsd_jax.main", f"--config={config_file}", f"--workdir={workdir}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"sbsd_jax.main: --config={config_file}{words}"]
-    assert not workdir.exists()
+def test_load_config_file_names_the_file_and_line_in_one_line(tmp_path, case):
+    """The loader the sweep, the demo and sibling configs use: ConfigFileError, one line."""
+    config_file, faulty = config_file_case(tmp_path, case)
+    with pytest.raises(ConfigFileError) as error:
+        load_config_file(config_file)
+    assert str(error.value) == f"--config={faulty}{CONFIG_FILE_CASES[case][1]}"
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file"])

@@ -22,15 +22,33 @@ from ml_collections import config_flags
 EXIT_CONFIG_ERROR = 2
 
 
+class ConfigFileError(Exception):
+    """A config file that is not there or does not load; the message names it (and the line).
+
+    Not a ValueError: ml_collections rewraps those (with the whole traceback as message) when
+    a `--config` file loads a sibling that fails."""
+
+
 def load_config_file(path: os.PathLike[str] | str) -> ml_collections.ConfigDict:
-    """`get_config()` of the Python config file at `path`."""
+    """`get_config()` of the Python config file at `path`; ConfigFileError (one line naming
+    the file and line) when there is no such file or its code fails."""
+    text = str(path)
+    if missing := missing_config_file(text):
+        raise ConfigFileError(missing)
     path = pathlib.Path(path)
     spec = importlib.util.spec_from_file_location(f"sbsd_config_{path.stem}", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise ValueError(f"cannot load config file {str(path)!r}: no such Python file")
+    if spec is None or spec.loader is None:
+        raise ConfigFileError(f"--config={text}: not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except ConfigFileError:
+        raise  # a sibling config (base.py) that failed: already named
+    except Exception as error:
+        if (line := config_file_error(error, text)) is None:
+            raise
+        raise ConfigFileError(line) from error
 
 
 def load_sibling_config(config_file: str, name: str = "base.py") -> ml_collections.ConfigDict:
@@ -111,6 +129,9 @@ def config_file_error(error: BaseException, path: str | None) -> str | None:
     while cause is not None and cause not in chain:  # ml_collections re-raises some errors
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    for link in chain:
+        if isinstance(link, ConfigFileError):  # a sibling config it loads: name that file
+            return str(link)
     for link in chain:
         lines = [
             frame.lineno

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 from absl import app, flags
 
-from sbsd_jax.experiments.config_files import load_config_file, with_overrides
+from sbsd_jax.experiments.config_files import ConfigFileError, load_config_file, with_overrides
 from sbsd_jax.train.metric_writers import read_metrics
 
 
@@ -258,7 +258,7 @@ def main(argv: Sequence[str]) -> int:
 
         for cell in cells:  # an override or value the trainer would refuse fails here, at once
             run_spec(cell_config(base, cell, overrides), check_data=False)  # data: per cell
-    except ValueError as error:  # settings.spec.ConfigError is one
+    except (ValueError, ConfigFileError) as error:  # settings.spec.ConfigError is a ValueError
         print(f"sbsd_jax.experiments.sweep: {error}", file=sys.stderr)
         return 2
     if args.dry_run:
