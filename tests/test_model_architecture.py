@@ -265,10 +265,17 @@ def test_accumulating_einsum_backward_matches_autodiff(
     np.testing.assert_allclose(np.asarray(fast_b), exact_b, rtol=2e-2, atol=2e-2)
 
 
-def test_accumulating_dot_vjp_keeps_the_bfloat16_model_numbers(v1_1_params: dict) -> None:
+@pytest.mark.parametrize("name", ["t5_v1_1_tiny", "t5_tiny"])  # t5_tiny: v1.0, tied LM head
+def test_accumulating_dot_vjp_keeps_the_bfloat16_model_numbers(v1_1_params: dict, name) -> None:
+    """And runs: XLA:CPU has no bf16 x bf16 -> f32 dot for a transposed operand (the tied LM
+    head once multiplied by the embedding's transpose: UNIMPLEMENTED in DotThunk)."""
+    params = v1_1_params if name == "t5_v1_1_tiny" else None
+    if params is None:
+        params = params_from_state(T5(tiny(name), rngs=nnx.Rngs(0)), tiny(name))
+
     def run(accumulate: bool) -> tuple[np.ndarray, dict]:
-        config = tiny(dtype="bfloat16", accumulating_dot_vjp=accumulate)
-        logits, grads = logits_and_grads(model_with(config, v1_1_params), *batch())
+        config = tiny(name, dtype="bfloat16", accumulating_dot_vjp=accumulate)
+        logits, grads = logits_and_grads(model_with(config, params), *batch())
         return np.asarray(logits), params_from_state(grads, config)
 
     logits, grads = run(True)

@@ -618,14 +618,15 @@ class T5(nnx.Module):
         return sharding.constrain(embedded, (BATCH, LENGTH, EMBED))
 
     def logits(self, decoder_output: Array) -> Array:
-        """LM head; v1.0 rescales by d_model**-0.5 and reuses the embedding."""
+        """LM head; v1.0 rescales by d_model**-0.5 and reuses the embedding ([vocab, embed],
+        contracted as it is: XLA:CPU has no bf16 x bf16 -> f32 dot for a transposed operand)."""
         if self.config.tie_word_embeddings:
             decoder_output = decoder_output * jnp.asarray(self.config.d_model**-0.5, self.dtype)
-            kernel = self.shared[...].T
+            spec, kernel = "btd,vd->btv", self.shared[...]
         else:
-            kernel = self.lm_head[...]
+            spec, kernel = "btd,dv->btv", self.lm_head[...]
         logits = einsum(
-            "btd,dv->btv",
+            spec,
             decoder_output,
             kernel,
             self.dtype,
