@@ -11,6 +11,7 @@ the best (or, with --config.export_which=final, the last) student as a Hugging F
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
-    from sbsd_jax.runtime.run_storage import local_folder_problem
+    from sbsd_jax.runtime.run_storage import local_folder_problem, remove_empty_folders
 
     if problem := local_folder_problem(_WORKDIR.value):
         print(f"sbsd_jax.main: --workdir: {problem}", file=sys.stderr)
@@ -67,16 +68,19 @@ def main(argv: Sequence[str]) -> int:
     from sbsd_jax.train.checkpointing import CorruptCheckpointError
     from sbsd_jax.train.loop import train_and_evaluate
 
+    new_workdir = not os.path.exists(_WORKDIR.value)
     try:
         summary = train_and_evaluate(spec, _WORKDIR.value)
-    except ConfigError as error:
-        print(f"sbsd_jax.main: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    except (DataFormatError, CorruptCheckpointError, CheckpointError) as error:
-        # Bad input files: the message names the file (and line / field, or tensor); no
-        # traceback needed.
-        print(f"sbsd_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (ConfigError, DataFormatError, CorruptCheckpointError, CheckpointError) as error:
+        # Bad input: the message names the flag or the file (and line / field, or tensor); no
+        # traceback needed. A workdir this run made and left without a file goes again.
+        if isinstance(error, ConfigError):
+            print(f"sbsd_jax.main: {error}", file=sys.stderr)
+        else:
+            print(f"sbsd_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
+        if new_workdir:
+            remove_empty_folders(_WORKDIR.value)
+        return EXIT_CONFIG_ERROR if isinstance(error, ConfigError) else EXIT_BAD_INPUT
     print(summary.describe())
     return 0
 

@@ -544,6 +544,22 @@ def test_a_local_init_checkpoint_that_cannot_load_is_refused_before_the_run(
     assert words in refused.value.problems[0]
 
 
+def test_weights_that_fail_to_load_stop_the_run_in_one_line_and_leave_no_workdir(
+    tmp_path, data_dir
+):
+    """Damaged weights pass the pre-run check (config.json is read, weights only at the
+    start): the run stops at the load with one line, and the workdir it made goes again."""
+    student = _checkpoint_folder(tmp_path, "{}", True)
+    (pathlib.Path(student) / "model.safetensors").write_bytes(b"\x10\x00\x00\x00{not a header")
+    workdir = tmp_path / "run"
+    result = run_module(
+        "sbsd_jax.main", *demo_config(data_dir, workdir, f"--config.init_checkpoint={student}")
+    )
+    assert_refused(result.returncode, result.stderr, "sbsd_jax.main: CheckpointError: ", student)
+    assert result.returncode == 1
+    assert not workdir.exists()
+
+
 def test_a_hub_id_init_checkpoint_is_left_to_the_run_that_fetches_it(data_dir):
     from sbsd_jax.settings.validation import validate
 

@@ -7,6 +7,7 @@ its own disk). `etils.epath` (what Orbax uses) reads and writes both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -48,6 +49,17 @@ def local_folder_problem(path: str | os.PathLike[str]) -> str | None:
     except OSError as error:
         return f"cannot {verb} {folder}: {existing} is not writable ({error.strerror})"
     return None
+
+
+def remove_empty_folders(path: str | os.PathLike[str]) -> None:
+    """Removes `path` and the folders below it when none holds a file: what a run that stopped
+    on bad input before writing anything had created. Never removes a file (os.rmdir refuses
+    a folder that is not empty); a URL is left alone."""
+    if is_url(path) or not os.path.isdir(path):
+        return
+    for folder, _, _ in os.walk(os.fspath(path), topdown=False):
+        with contextlib.suppress(OSError):  # holds a file (or a folder that does): kept
+            os.rmdir(folder)
 
 
 def read_json_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
