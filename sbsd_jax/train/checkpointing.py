@@ -101,6 +101,13 @@ class _Manager(ocp.CheckpointManager):
         self.unreadable_metrics: dict[int, str] = {}  # read while the parent initialises
         super().__init__(*args, **kwargs)
 
+    def close(self) -> None:
+        # Orbax removes crashed saves' temporary folders in a thread started with the manager
+        # and joins it only before a save: a run stopped before its first save (bad weights)
+        # must not leave that thread listing a folder that is then removed.
+        self._maybe_await_cleanup_tmp_directory()
+        super().close()
+
     def _get_metrics(self, step: int) -> Any:
         try:
             return super()._get_metrics(step)
