@@ -45,7 +45,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"sbsd_jax.main: --config: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     # Imported here so `--help` and flag errors answer without loading JAX and TensorFlow.
-    from sbsd_jax.runtime.run_storage import local_folder_problem, remove_empty_folders
+    from sbsd_jax.runtime.run_storage import local_folder_problem
 
     if problem := local_folder_problem(_WORKDIR.value):
         print(f"sbsd_jax.main: --workdir: {problem}", file=sys.stderr)
@@ -71,18 +71,23 @@ def main(argv: Sequence[str]) -> int:
     new_workdir = not os.path.exists(_WORKDIR.value)
     try:
         summary = train_and_evaluate(spec, _WORKDIR.value)
-    except (ConfigError, DataFormatError, CorruptCheckpointError, CheckpointError) as error:
-        # Bad input: the message names the flag or the file (and line / field, or tensor); no
-        # traceback needed. A workdir this run made and left without a file goes again.
-        if isinstance(error, ConfigError):
-            print(f"sbsd_jax.main: {error}", file=sys.stderr)
-        else:
-            print(f"sbsd_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
-        if new_workdir:
-            remove_empty_folders(_WORKDIR.value)
-        return EXIT_CONFIG_ERROR if isinstance(error, ConfigError) else EXIT_BAD_INPUT
+    except ConfigError as error:
+        return _refused(str(error), EXIT_CONFIG_ERROR, new_workdir)
+    except (DataFormatError, CorruptCheckpointError, CheckpointError) as error:
+        # Bad input files: the message names the file (and line / field, or tensor).
+        return _refused(f"{type(error).__name__}: {error}", EXIT_BAD_INPUT, new_workdir)
     print(summary.describe())
     return 0
+
+
+def _refused(message: str, status: int, new_workdir: bool) -> int:
+    """One line, no traceback; a workdir this run made and left without a file goes again."""
+    from sbsd_jax.runtime.run_storage import remove_empty_folders
+
+    print(f"sbsd_jax.main: {message}", file=sys.stderr)
+    if new_workdir:
+        remove_empty_folders(_WORKDIR.value)
+    return status
 
 
 def run() -> None:

@@ -152,6 +152,8 @@ def read_run(workdir: str) -> RunResult | None:
 
 
 def _run_from(workdir: str, config: Mapping) -> RunResult:
+    """The RunResult of a run folder whose config.json parsed (TypeError or ValueError for a
+    field of the wrong type)."""
     rows = read_metrics(workdir)  # half-written or damaged lines skipped
     step, test = _last_value(rows, "test_accuracy")
     _, valid = _last_value(rows, "valid_accuracy")
