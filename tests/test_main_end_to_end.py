@@ -39,11 +39,11 @@ def write_fixture(root: pathlib.Path) -> pathlib.Path:
     return write_tiny_run(root, FIELDS, train_examples=64, seed=0)
 
 
-def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_main(*args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sbsd_jax.main", *args],
         cwd=REPO,
-        env=run_env(),
+        env=run_env(**env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -118,11 +118,17 @@ def test_a_malformed_data_file_is_named_with_its_line_without_a_traceback(tmp_pa
     config = write_fixture(tmp_path)
     with (tmp_path / "data" / "train.jsonl").open("a") as handle:
         handle.write('{"input": "1 plus 2", "label": \n')  # line 65: cut off mid-object
-    result = run_main(f"--config={config}", f"--workdir={tmp_path / 'run'}")
+    # PYTHONPROFILEIMPORTTIME: the process lists every module it imports on stderr.
+    result = run_main(
+        f"--config={config}", f"--workdir={tmp_path / 'run'}", PYTHONPROFILEIMPORTTIME="1"
+    )
     assert result.returncode == 1
     assert "DataFormatError" in result.stderr and "train.jsonl" in result.stderr
     assert "65" in result.stderr
     assert "Traceback" not in result.stderr
+    # The files are read before the data pipeline imports TensorFlow (seconds of start-up).
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "jax" in imported and "tensorflow" not in imported
 
 
 def test_a_value_of_the_wrong_type_is_rejected(tmp_path):

@@ -56,7 +56,7 @@ from sbsd_jax.data.features import (
     check_method,
 )
 from sbsd_jax.data.report import DataReport
-from sbsd_jax.data.sources import load_dataset_splits
+from sbsd_jax.data.sources import LoadedDataset, load_dataset_splits
 from sbsd_jax.data.tasks import (
     RegisteredTasks,
     register_tasks,
@@ -463,14 +463,16 @@ def prepare_data(
     *,
     splits: Mapping[str, Sequence[Example]] | None = None,
     causal: CausalRowsSpec | None = None,
+    loaded: LoadedDataset | None = None,
 ) -> PreparedData:
-    """Load spec.dataset (unless `splits` is given), register the tasks, tokenise the training
-    split; the data report (counts, parse failures, teacher accuracy, truncations) comes with
-    loaded data. `causal`: decoder-only rows instead (prepare_causal_data)."""
+    """Load spec.dataset (unless `splits` or its `loaded` splits are given), register the
+    tasks, tokenise the training split; the data report (counts, parse failures, teacher
+    accuracy, truncations) comes with loaded data. `causal`: decoder-only rows instead
+    (prepare_causal_data)."""
     method = check_method(spec.method)
     report = None
     if splits is None:
-        loaded = load_dataset_splits(spec.dataset)
+        loaded = loaded or load_dataset_splits(spec.dataset)
         splits, report = loaded.splits, loaded.report
     if causal is not None:
         return prepare_causal_data(spec, causal, splits, report)

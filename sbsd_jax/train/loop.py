@@ -500,12 +500,12 @@ class _Started:
 def _start(spec: RunSpec, workdir: str, cleanup: contextlib.ExitStack) -> _Started:
     """Processes, devices, data, then the workdir, the program and the resume point: bad flags
     or bad data files stop the run before anything is written or compiled."""
-    from sbsd_jax.data import pipeline
-    from sbsd_jax.train.step import build_train_program
-
     maybe_initialize_distributed(spec.distributed)
     spec.check_devices(jax.device_count(), jax.process_count())
     prepared = _prepare_data(spec)
+    from sbsd_jax.data import pipeline
+    from sbsd_jax.train.step import build_train_program
+
     if prepared.report is not None and jax.process_index() == 0:
         print(prepared.report.format(), flush=True)
     paths = RunPaths.of(workdir)
@@ -533,12 +533,17 @@ def _start(spec: RunSpec, workdir: str, cleanup: contextlib.ExitStack) -> _Start
 
 
 def _prepare_data(spec: RunSpec) -> pipeline.PreparedData:
-    """The run's data; a decoder-only prompt that cannot fit its row is a config problem."""
+    """The run's data; a decoder-only prompt that cannot fit its row is a config problem. The
+    files are read before the pipeline imports TensorFlow (seconds): a bad file stops the run
+    at once."""
+    from sbsd_jax.data.sources import load_dataset_splits
+
+    loaded = load_dataset_splits(spec.data.dataset)
     from sbsd_jax.data import pipeline
     from sbsd_jax.data.causal_lm import PromptTooLongError, TokenBoundaryError
 
     try:
-        return pipeline.prepare_data(spec.data, causal=spec.causal)
+        return pipeline.prepare_data(spec.data, causal=spec.causal, loaded=loaded)
     except PromptTooLongError as error:
         raise ConfigError(
             [f"{error} (config.decoder_row_length / config.max_input_length)"]
