@@ -472,7 +472,8 @@ def prepare_data(
     method = check_method(spec.method)
     report = None
     if splits is None:
-        loaded = loaded or load_dataset_splits(spec.dataset)
+        if loaded is None:
+            loaded = load_dataset_splits(spec.dataset)
         splits, report = loaded.splits, loaded.report
     if causal is not None:
         return prepare_causal_data(spec, causal, splits, report)
